@@ -1,0 +1,9 @@
+//! The crossflow gateway: server assembly, the mTLS identity edge, the demo,
+//! and a testbed that lays out a federation for demos, tests and benchmarks.
+//! The `crossflow` binary (src/main.rs) only parses arguments and calls in.
+#![forbid(unsafe_code)]
+
+pub mod demo;
+pub mod edge;
+pub mod server;
+pub mod testbed;

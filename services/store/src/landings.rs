@@ -1,0 +1,167 @@
+//! Landings: redeemed referral hops, bound to the destination's own user.
+
+use std::future::Future;
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use crate::{Migration, Sqlite, StoreError};
+
+pub(crate) const MIGRATION: Migration = Migration {
+    name: "0001_landings",
+    sql: "
+CREATE TABLE landings (
+    referral_id    BLOB PRIMARY KEY,
+    agreement_id   TEXT NOT NULL,
+    from_partner   TEXT NOT NULL,
+    to_partner     TEXT NOT NULL,
+    chain          TEXT NOT NULL,
+    hop            INTEGER NOT NULL,
+    parent_id      BLOB,
+    target         TEXT NOT NULL,
+    origin         TEXT NOT NULL,
+    origin_uid     BLOB NOT NULL,
+    dest_uid       BLOB NOT NULL,
+    issued_at_ms   INTEGER NOT NULL,
+    expires_at_ms  INTEGER NOT NULL,
+    redeemed_at_ms INTEGER NOT NULL,
+    tag_access     INTEGER NOT NULL
+) STRICT;
+-- Attribution reads a buyer's landings at one partner within a window.
+CREATE INDEX landings_by_dest ON landings (to_partner, dest_uid, redeemed_at_ms);
+",
+};
+
+/// A redeemed hop. No raw subject is kept: users are HMAC uids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Landing {
+    pub referral_id: [u8; 16],
+    pub agreement_id: String,
+    pub from: String,
+    pub to: String,
+    /// Origin first, ending with `from`.
+    pub chain: Vec<String>,
+    pub hop: u32,
+    pub parent: Option<[u8; 16]>,
+    pub target: String,
+    pub origin: String,
+    /// The user at the origin platform.
+    pub origin_uid: [u8; 32],
+    /// The user at the destination platform (`to`).
+    pub dest_uid: [u8; 32],
+    pub issued_at_ms: i64,
+    pub expires_at_ms: i64,
+    pub redeemed_at_ms: i64,
+    /// Whether the hop carries access to the origin user's tags.
+    pub tag_access: bool,
+}
+
+/// Outcome of recording a landing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Redeemed {
+    /// Recorded now.
+    New(Landing),
+    /// The referral was already redeemed; this is the landing on record.
+    Existing(Landing),
+}
+
+/// Storage of landings.
+pub trait LandingStore: Send + Sync + 'static {
+    /// Records `landing` unless its referral id already has one, in which
+    /// case the recorded one is returned unchanged. Durable when answered.
+    fn redeem(&self, landing: Landing)
+    -> impl Future<Output = Result<Redeemed, StoreError>> + Send;
+
+    /// The landing of a referral, if it was redeemed.
+    fn landing(
+        &self,
+        referral_id: [u8; 16],
+    ) -> impl Future<Output = Result<Option<Landing>, StoreError>> + Send;
+}
+
+// === impl Sqlite ===
+
+impl LandingStore for Sqlite {
+    async fn redeem(&self, landing: Landing) -> Result<Redeemed, StoreError> {
+        self.db
+            .write(move |conn| {
+                if let Some(existing) = select(conn, &landing.referral_id)? {
+                    return Ok(Redeemed::Existing(existing));
+                }
+                insert(conn, &landing)?;
+                Ok(Redeemed::New(landing))
+            })
+            .await
+    }
+
+    async fn landing(&self, referral_id: [u8; 16]) -> Result<Option<Landing>, StoreError> {
+        self.db.read(move |conn| select(conn, &referral_id)).await
+    }
+}
+
+const COLUMNS: &str = "referral_id, agreement_id, from_partner, to_partner, chain, hop, parent_id, \
+    target, origin, origin_uid, dest_uid, issued_at_ms, expires_at_ms, redeemed_at_ms, tag_access";
+
+fn insert(conn: &Connection, l: &Landing) -> Result<(), StoreError> {
+    let sql = format!(
+        "INSERT INTO landings ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+    );
+    conn.prepare_cached(&sql)?.execute(params![
+        &l.referral_id[..],
+        l.agreement_id,
+        l.from,
+        l.to,
+        l.chain.join(","),
+        l.hop,
+        l.parent.as_ref().map(|p| &p[..]),
+        l.target,
+        l.origin,
+        &l.origin_uid[..],
+        &l.dest_uid[..],
+        l.issued_at_ms,
+        l.expires_at_ms,
+        l.redeemed_at_ms,
+        l.tag_access,
+    ])?;
+    Ok(())
+}
+
+/// Reads one landing by referral id.
+pub fn select(conn: &Connection, referral_id: &[u8; 16]) -> Result<Option<Landing>, StoreError> {
+    let sql = format!("SELECT {COLUMNS} FROM landings WHERE referral_id = ?1");
+    let row = conn
+        .prepare_cached(&sql)?
+        .query_row([&referral_id[..]], |r| Ok(from_row(r)))
+        .optional()?;
+    row.transpose()
+}
+
+/// Decodes a row selected with [`COLUMNS`] in order.
+fn from_row(r: &Row<'_>) -> Result<Landing, StoreError> {
+    let chain: String = r.get(4)?;
+    Ok(Landing {
+        referral_id: fixed(r.get::<_, Vec<u8>>(0)?, "referral_id")?,
+        agreement_id: r.get(1)?,
+        from: r.get(2)?,
+        to: r.get(3)?,
+        chain: chain.split(',').map(str::to_owned).collect(),
+        hop: r.get(5)?,
+        parent: r
+            .get::<_, Option<Vec<u8>>>(6)?
+            .map(|p| fixed(p, "parent_id"))
+            .transpose()?,
+        target: r.get(7)?,
+        origin: r.get(8)?,
+        origin_uid: fixed(r.get::<_, Vec<u8>>(9)?, "origin_uid")?,
+        dest_uid: fixed(r.get::<_, Vec<u8>>(10)?, "dest_uid")?,
+        issued_at_ms: r.get(11)?,
+        expires_at_ms: r.get(12)?,
+        redeemed_at_ms: r.get(13)?,
+        tag_access: r.get(14)?,
+    })
+}
+
+fn fixed<const N: usize>(v: Vec<u8>, what: &str) -> Result<[u8; N], StoreError> {
+    v.try_into().map_err(|v: Vec<u8>| {
+        StoreError::Corrupt(format!("{what} has {} bytes, want {N}", v.len()))
+    })
+}

@@ -1,0 +1,71 @@
+//! The embedded store: SQLite in WAL mode in the data directory, one writer
+//! with group commit ([`Db`]), and the narrow storage traits the services use.
+//!
+//! Services depend on the traits (e.g. [`LandingStore`]), never on SQLite, so
+//! a PostgreSQL implementation can be added beside [`Sqlite`] without touching
+//! them. SQL here stays plain and portable for that reason.
+#![forbid(unsafe_code)]
+
+mod db;
+pub mod landings;
+
+use std::{path::Path, sync::Arc};
+
+pub use db::{Db, Migration, WriterStats};
+pub use landings::{Landing, LandingStore, Redeemed};
+
+/// A storage failure. Cloneable because one commit failure answers every
+/// write of its batch.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("sqlite: {0}")]
+    Sqlite(Arc<rusqlite::Error>),
+    #[error("{path}: {message}")]
+    Io { path: String, message: String },
+    #[error("data directory {0} is in use by another crossflow process")]
+    Locked(std::path::PathBuf),
+    #[error("the store is closed")]
+    Closed,
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    fn io(path: &Path, e: std::io::Error) -> StoreError {
+        StoreError::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Sqlite(Arc::new(e))
+    }
+}
+
+/// Every migration of the embedded schema, in order.
+pub const MIGRATIONS: &[Migration] = &[landings::MIGRATION];
+
+/// The SQLite implementation of every storage trait.
+#[derive(Debug, Clone)]
+pub struct Sqlite {
+    db: Db,
+}
+
+impl Sqlite {
+    /// Opens the store in `data_dir`, applying the schema.
+    pub fn open(data_dir: &Path) -> Result<Sqlite, StoreError> {
+        Ok(Sqlite {
+            db: Db::open(data_dir, MIGRATIONS)?,
+        })
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,108 @@
+use super::*;
+
+fn landing(id: u8, dest: u8) -> Landing {
+    Landing {
+        referral_id: [id; 16],
+        agreement_id: "ab".into(),
+        from: "a".into(),
+        to: "b".into(),
+        chain: vec!["a".into()],
+        hop: 1,
+        parent: None,
+        target: "room-1".into(),
+        origin: "a".into(),
+        origin_uid: [7; 32],
+        dest_uid: [dest; 32],
+        issued_at_ms: 1,
+        expires_at_ms: 2,
+        redeemed_at_ms: 3,
+        tag_access: true,
+    }
+}
+
+#[tokio::test]
+async fn redeem_once_then_existing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Sqlite::open(dir.path()).unwrap();
+    let l = landing(1, 9);
+    assert_eq!(s.redeem(l.clone()).await.unwrap(), Redeemed::New(l.clone()));
+    let other = landing(1, 8);
+    assert_eq!(
+        s.redeem(other).await.unwrap(),
+        Redeemed::Existing(l.clone())
+    );
+    assert_eq!(s.landing([1; 16]).await.unwrap(), Some(l));
+    assert_eq!(s.landing([2; 16]).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut l = landing(3, 4);
+    l.chain = vec!["a".into(), "b".into()];
+    l.parent = Some([5; 16]);
+    {
+        let s = Sqlite::open(dir.path()).unwrap();
+        s.redeem(l.clone()).await.unwrap();
+        s.db().close();
+    }
+    let s = Sqlite::open(dir.path()).unwrap();
+    assert_eq!(s.landing([3; 16]).await.unwrap(), Some(l));
+}
+
+#[tokio::test]
+async fn second_open_of_same_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _s = Sqlite::open(dir.path()).unwrap();
+    let err = Sqlite::open(dir.path()).unwrap_err();
+    assert!(matches!(err, StoreError::Locked(_)), "{err}");
+}
+
+#[tokio::test]
+async fn concurrent_writes_group_commit_and_a_failure_rolls_back_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Sqlite::open(dir.path()).unwrap();
+    s.db()
+        .write(|c| {
+            c.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY)")?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for k in 0..500i64 {
+        let db = s.db().clone();
+        tasks.push(tokio::spawn(async move {
+            db.write(move |c| {
+                c.execute("INSERT INTO t (k) VALUES (?1)", [k])?;
+                if k % 50 == 0 {
+                    // Written, then failed: must leave no trace.
+                    return Err(StoreError::Corrupt(format!("fail {k}")));
+                }
+                Ok(k)
+            })
+            .await
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        if t.await.unwrap().is_ok() {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 490);
+    let (n, failed): (i64, i64) = s
+        .db()
+        .read(|c| {
+            Ok(c.query_row(
+                "SELECT COUNT(*), COUNT(*) FILTER (WHERE k % 50 = 0) FROM t",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?)
+        })
+        .await
+        .unwrap();
+    assert_eq!((n, failed), (490, 0));
+    let stats = s.db().stats();
+    assert!(stats.commits < 500, "writes were not grouped: {stats:?}");
+}
