@@ -99,6 +99,20 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>, ServeError> {
     })
 }
 
+/// Accepted connections, with Nagle off: tonic's own `tcp_nodelay` applies
+/// only to listeners it binds itself, and a gRPC answer written as headers
+/// then data would otherwise wait out the peer's delayed ACK (~40 ms).
+fn incoming(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt as _;
+    TcpListenerStream::new(listener).map(|s| {
+        let s = s?;
+        s.set_nodelay(true)?;
+        Ok(s)
+    })
+}
+
 /// Starts the gateway described by `settings` on `settings.gateway.listen`
 /// (or on `listen_override`, e.g. `127.0.0.1:0` in tests).
 pub async fn start(
@@ -154,7 +168,7 @@ pub async fn start(
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         router
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            .serve_with_incoming_shutdown(incoming(listener), async {
                 let _ = rx.await;
             })
             .await
