@@ -9,9 +9,12 @@
 //!   `QuotaFailure`, `RetryInfo`).
 //! - [`check`]: input checks shared by the services (subjects, ids, request
 //!   ids), so every RPC rejects the same bad field the same way.
+//! - [`metrics`]: the domain metrics every service records (a no-op until
+//!   the gateway installs an OpenTelemetry meter).
 #![forbid(unsafe_code)]
 
 pub mod check;
+pub mod metrics;
 
 use std::{fmt, time::Duration};
 

@@ -1,1 +1,227 @@
-fn main() {}
+//! `crossflow-bench`: how close the gateway comes to bare tonic.
+//!
+//! In one process it starts a bare tonic echo service and the real gateway
+//! (`crossflow_gateway::server::start` on a fresh testbed of the demo
+//! federation), both on 127.0.0.1:0 behind the same mTLS, drives each
+//! scenario with the same closed-loop client concurrency over the same number
+//! of HTTP/2 connections, and prints requests/s, p50/p99 latency and the
+//! ratio to the baseline against the targets.
+//!
+//! Servers and client get separate runtimes (like two processes), but they
+//! share this machine's cores: see docs/BENCHMARKS.md.
+#![forbid(unsafe_code)]
+
+mod echo;
+mod ledger;
+mod load;
+mod report;
+mod scenario;
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::Parser;
+use crossflow_gateway::{demo::DEMO_BODY, server, testbed::Testbed};
+use crossflow_proto::v1::referral_service_client::ReferralServiceClient;
+use prost::Message as _;
+use tokio::runtime::Runtime;
+
+use crate::{
+    load::{Plan, Stop},
+    report::Row,
+    scenario::{DESTINATION, Env, ORIGIN, SPECS},
+};
+
+/// Any error, propagated to `main`.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The benchmark's own echo service.
+pub mod pb {
+    #![allow(missing_docs, missing_debug_implementations, clippy::all)]
+    tonic::include_proto!("crossflow.bench.v1");
+}
+
+/// Federation name of the benchmark's testbed.
+const FEDERATION: &str = "crossflow.example";
+/// Partners of the demo federation.
+const PARTNERS: &[&str] = &[ORIGIN, DESTINATION, "beauty-live"];
+
+/// Load-test the crossflow gateway against a bare tonic echo with the same
+/// mTLS, on 127.0.0.1 only.
+#[derive(Debug, Parser)]
+#[command(name = "crossflow-bench", about)]
+struct Cli {
+    /// Scenarios to run, in the order given (default: all). See --list.
+    #[arg(long, value_delimiter = ',')]
+    scenario: Vec<String>,
+    /// Partners and agreements (TOML, everything after `[gateway]`) to bench
+    /// instead of the demo federation's; mombaby-live must be allowed to
+    /// refer viewers to homedecor-live.
+    #[arg(long, value_name = "FILE")]
+    body: Option<std::path::PathBuf>,
+    /// List the scenarios and exit.
+    #[arg(long)]
+    list: bool,
+    /// Measured time per scenario, after the warm-up.
+    #[arg(long, default_value_t = 10.0)]
+    duration_secs: f64,
+    /// Measure exactly this many requests per scenario instead of a duration.
+    #[arg(long, conflicts_with = "duration_secs")]
+    requests: Option<u64>,
+    /// Unrecorded warm-up per scenario.
+    #[arg(long, default_value_t = 2.0)]
+    warmup_secs: f64,
+    /// Requests in flight at once (closed loop: each worker waits for its
+    /// answer before sending the next).
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// HTTP/2 connections per scenario; workers are spread over them.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Worker threads of the servers' runtime.
+    #[arg(long, default_value_t = 2)]
+    server_threads: usize,
+    /// Worker threads of the client's runtime.
+    #[arg(long, default_value_t = 2)]
+    client_threads: usize,
+    /// Run the scenarios this many times, interleaved, and also report the
+    /// median of the rounds (a shared machine is noisy).
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+    /// CI smoke run: 0.5 s warm-up and 1 s per scenario, one round.
+    #[arg(long)]
+    quick: bool,
+    /// Run the ledger storage benchmark instead (durable append vs plain
+    /// SQLite inserts, inclusion proof time at --ledger-proof-entries).
+    #[arg(long)]
+    ledger: bool,
+    /// Entries appended per round of the ledger benchmark.
+    #[arg(long, default_value_t = 300_000)]
+    ledger_entries: u64,
+    /// Entries per durable batch (one commit) in the ledger benchmark.
+    #[arg(long, default_value_t = 1000)]
+    ledger_batch: usize,
+    /// Size of the log built to time inclusion proofs (0: skip).
+    #[arg(long, default_value_t = 10_000_000)]
+    ledger_proof_entries: u64,
+    /// Directory for the ledger benchmark's temporary stores.
+    #[arg(long)]
+    ledger_dir: Option<std::path::PathBuf>,
+}
+
+fn main() -> Result<(), BoxError> {
+    let cli = Cli::parse();
+    if cli.ledger {
+        return ledger::run(&ledger::Options {
+            entries: cli.ledger_entries,
+            batch: cli.ledger_batch.max(1),
+            rounds: cli.rounds.max(1),
+            proof_entries: cli.ledger_proof_entries,
+            proofs: 1000,
+            dir: cli.ledger_dir,
+        });
+    }
+    if cli.list {
+        for s in SPECS {
+            println!("{:<18} {}", s.name, s.about);
+        }
+        return Ok(());
+    }
+    let specs = if cli.scenario.is_empty() {
+        SPECS.iter().collect::<Vec<_>>()
+    } else {
+        cli.scenario
+            .iter()
+            .map(|n| {
+                scenario::spec(n).ok_or_else(|| format!("unknown scenario {n:?} (see --list)"))
+            })
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    let (warmup, stop) = if cli.quick {
+        (
+            Duration::from_millis(500),
+            Stop::After(Duration::from_secs(1)),
+        )
+    } else {
+        let d = |s: f64, what: &str| {
+            Duration::try_from_secs_f64(s).map_err(|_| format!("{what} must be ≥ 0, got {s}"))
+        };
+        let stop = match cli.requests {
+            Some(n) => Stop::Requests(n),
+            None => Stop::After(d(cli.duration_secs, "--duration-secs")?),
+        };
+        (d(cli.warmup_secs, "--warmup-secs")?, stop)
+    };
+    let plan = Plan {
+        warmup,
+        stop,
+        concurrency: cli.concurrency.max(1),
+    };
+
+    let server_rt = runtime("bench-server", cli.server_threads)?;
+    let client_rt = runtime("bench-client", cli.client_threads)?;
+
+    let body = match &cli.body {
+        Some(f) => std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?,
+        None => DEMO_BODY.to_owned(),
+    };
+    let bed = Testbed::create(None, FEDERATION, "127.0.0.1:0", PARTNERS, &[], &body)?;
+    let settings = bed.settings()?;
+    let loopback: SocketAddr = "127.0.0.1:0".parse()?;
+    let gateway = server_rt.block_on(server::start(settings.clone(), Some(loopback)))?;
+    let tls = &settings.gateway.tls;
+    let echo = server_rt.block_on(echo::EchoServer::start(echo::TlsFiles {
+        ca: &tls.ca,
+        cert: &tls.cert,
+        key: &tls.key,
+    }))?;
+
+    let echo_sizes = client_rt.block_on(probe(&bed, gateway.addr))?;
+    let env = Env {
+        bed,
+        gateway: gateway.addr,
+        echo: echo.addr,
+        connections: cli.connections.max(1),
+        plan,
+        echo_sizes,
+    };
+    report::header(&env, cli.server_threads, cli.client_threads);
+
+    let rounds = if cli.quick { 1 } else { cli.rounds.max(1) };
+    let mut rows: Vec<Row> = Vec::new();
+    for round in 1..=rounds {
+        for &spec in &specs {
+            let built = client_rt.block_on((spec.build)(&env))?;
+            let before = gateway.store.db().stats();
+            let outcome = client_rt.block_on(load::drive(built.scenario, plan))?;
+            let after = gateway.store.db().stats();
+            let row = Row::new(round, spec, outcome, built.note, before, after);
+            row.progress();
+            rows.push(row);
+        }
+    }
+    report::table(&rows);
+
+    drop(env);
+    client_rt.shutdown_timeout(Duration::from_secs(1));
+    server_rt.block_on(echo.stop())?;
+    server_rt.block_on(gateway.shutdown())?;
+    Ok(())
+}
+
+fn runtime(name: &str, threads: usize) -> Result<Runtime, BoxError> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .thread_name(name)
+        .enable_all()
+        .build()?)
+}
+
+/// One CreateReferral through the gateway: proves it answers, and gives the
+/// wire sizes the echo baseline copies.
+async fn probe(bed: &Testbed, gateway: SocketAddr) -> Result<(usize, usize), BoxError> {
+    let mut c = ReferralServiceClient::new(bed.channel(gateway, ORIGIN).await?);
+    let req = scenario::create_request(0);
+    let up = req.encoded_len();
+    let down = c.create_referral(req).await?.into_inner().encoded_len();
+    Ok((up, down))
+}

@@ -74,6 +74,8 @@ where
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         match self.layer.authorize(&req) {
             Ok(caller) => {
+                // The telemetry layer's per-RPC span, if it declares it.
+                tracing::Span::current().record("partner", tracing::field::display(&caller));
                 req.extensions_mut().insert(caller);
                 Either::Left(self.inner.call(req))
             }

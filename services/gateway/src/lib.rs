@@ -5,5 +5,7 @@
 
 pub mod demo;
 pub mod edge;
+pub mod reload;
 pub mod server;
+pub mod telemetry;
 pub mod testbed;

@@ -4,7 +4,10 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use crossflow_gateway::{demo, server};
+use crossflow_gateway::{
+    demo, server,
+    telemetry::{self, Telemetry},
+};
 use crossflow_identity::{KeyRing, generate_dev};
 use crossflow_settings::Settings;
 
@@ -54,6 +57,51 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Conversion tools.
+    Conversions {
+        #[command(subcommand)]
+        command: ConversionsCommand,
+    },
+    /// Verify ledger checkpoints and receipts offline; exit non-zero with the
+    /// reason if they do not verify.
+    Verify {
+        #[command(subcommand)]
+        command: VerifyCommand,
+    },
+    /// Ledger tools.
+    Ledger {
+        #[command(subcommand)]
+        command: LedgerCommand,
+    },
+    /// Audit tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Print every tag disclosure about one partner's users since T as RFC
+    /// 4180 CSV (no subjects: users are uids). Reads the store read-only, so
+    /// it works while the gateway serves.
+    Disclosures {
+        /// The platform that owns the users (its DPO's view).
+        #[arg(long, value_name = "ID")]
+        partner: String,
+        /// RFC 3339 time, or a date meaning its midnight in gateway.timezone.
+        #[arg(long, value_name = "T")]
+        since: String,
+        /// Only disclosures to this reading partner.
+        #[arg(long, value_name = "ID")]
+        reader: Option<String>,
+        /// Only disclosures about this user (the partner's own user id; it is
+        /// turned into the uid with the key directory and never printed).
+        #[arg(long, value_name = "SUBJECT")]
+        subject: Option<String>,
+        #[arg(long, value_name = "FILE", default_value = "config/crossflow.toml")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -82,6 +130,62 @@ enum PkiCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum VerifyCommand {
+    /// Check a signed checkpoint note against the log's verifier key.
+    Checkpoint {
+        /// Verifier key text (`name+keyid+base64`, from GetLogKey) or a file
+        /// holding it.
+        #[arg(long)]
+        vkey: String,
+        /// The signed note.
+        file: PathBuf,
+    },
+    /// Check that an entry is in the log: a c2sp.org/tlog-proof@v1 receipt
+    /// and its checkpoint's signature.
+    Receipt {
+        /// Verifier key text or a file holding it.
+        #[arg(long)]
+        vkey: String,
+        /// The entry's bytes, verbatim.
+        #[arg(long)]
+        entry: PathBuf,
+        /// Require this checkpoint origin (e.g. `crossflow.example/ledger`).
+        #[arg(long)]
+        origin: Option<String>,
+        /// The receipt text.
+        receipt: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LedgerCommand {
+    /// Recompute the tree from the stored entries and check every stored
+    /// node and signed checkpoint against it. Read-only; safe while the
+    /// gateway runs.
+    Fsck {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConversionsCommand {
+    /// Lift the fraud hold of a conversion so its postings count for
+    /// settlement. Opens the store directly: run it with the gateway stopped
+    /// (while it runs, an operator calls ReleaseConversion instead).
+    Release {
+        /// The conversion id (32 hex characters, `conversion_id` in the
+        /// API and in ledger entries).
+        id: String,
+        #[arg(long)]
+        config: PathBuf,
+        /// Why it is released; recorded in the ledger entry.
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum KeysCommand {
     /// Create a new key directory.
     Generate {
@@ -97,8 +201,11 @@ enum KeysCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logs(cli.log_format, matches!(cli.command, Command::Demo { .. }));
-    match run(cli.command) {
+    // `serve` sets up its logs itself, with its OpenTelemetry exporter.
+    if !matches!(cli.command, Command::Serve { .. }) {
+        init_logs(cli.log_format, matches!(cli.command, Command::Demo { .. }));
+    }
+    match run(cli.command, cli.log_format) {
         Ok(()) => ExitCode::SUCCESS,
         Err(msg) => {
             eprintln!("error: {msg}");
@@ -109,14 +216,15 @@ fn main() -> ExitCode {
 
 fn init_logs(format: LogFormat, quiet: bool) {
     let default = if quiet { "warn" } else { "info" };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+    Telemetry::default().init_logs(format.into(), default);
+}
+
+impl From<LogFormat> for telemetry::LogFormat {
+    fn from(f: LogFormat) -> Self {
+        match f {
+            LogFormat::Text => telemetry::LogFormat::Text,
+            LogFormat::Json => telemetry::LogFormat::Json,
+        }
     }
 }
 
@@ -127,21 +235,24 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| format!("starting the runtime: {e}"))
 }
 
-fn run(command: Command) -> Result<(), String> {
+fn run(command: Command, log_format: LogFormat) -> Result<(), String> {
     match command {
         Command::Serve { config } => {
             let settings = Settings::load(&config).map_err(|e| e.to_string())?;
             runtime()?.block_on(async {
-                let running = server::start(settings, None)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                tokio::select! {
-                    r = running.wait() => r.map_err(|e| e.to_string()),
-                    _ = shutdown_signal() => {
-                        tracing::info!("shutting down");
-                        Ok(())
-                    }
-                }
+                // Exporters first (they need the runtime), then the logs
+                // that feed spans to them, then the server.
+                let telemetry = Telemetry::start(&settings.telemetry).map_err(|e| e.to_string())?;
+                telemetry.init_logs(log_format.into(), "info");
+                let served = match server::start(settings, None).await {
+                    Err(e) => Err(e.to_string()),
+                    Ok(running) => running
+                        .run_until(shutdown_signal())
+                        .await
+                        .map_err(|e| e.to_string()),
+                };
+                let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+                served
             })
         }
         Command::Demo { keep } => {
@@ -188,6 +299,55 @@ fn run(command: Command) -> Result<(), String> {
             }
             Ok(())
         }
+        Command::Conversions {
+            command: ConversionsCommand::Release { id, config, note },
+        } => release_conversion(&id, &config, &note),
+        Command::Audit {
+            command:
+                AuditCommand::Disclosures {
+                    partner,
+                    since,
+                    reader,
+                    subject,
+                    config,
+                },
+        } => {
+            let req = crossflow_tags::audit::Request {
+                partner,
+                since,
+                reader,
+                subject,
+            };
+            print!("{}", crossflow_tags::audit::run(&config, &req)?);
+            Ok(())
+        }
+        Command::Verify {
+            command: VerifyCommand::Checkpoint { vkey, file },
+        } => {
+            println!("{}", crossflow_ledger::cli::verify_checkpoint(&vkey, &file)?);
+            Ok(())
+        }
+        Command::Verify {
+            command:
+                VerifyCommand::Receipt {
+                    vkey,
+                    entry,
+                    origin,
+                    receipt,
+                },
+        } => {
+            let ok = crossflow_ledger::cli::verify_receipt_files(
+                &vkey,
+                &entry,
+                &receipt,
+                origin.as_deref(),
+            )?;
+            println!("{ok}");
+            Ok(())
+        }
+        Command::Ledger {
+            command: LedgerCommand::Fsck { config },
+        } => ledger_fsck(&config),
         Command::Keys {
             command: KeysCommand::Generate { out },
         } => {
@@ -213,6 +373,57 @@ fn run(command: Command) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// `crossflow ledger fsck`: checks signatures with the key in `key_dir`.
+fn ledger_fsck(config: &std::path::Path) -> Result<(), String> {
+    let settings = Settings::load(config).map_err(|e| e.to_string())?;
+    let g = &settings.gateway;
+    let keys = KeyRing::load(&g.key_dir).map_err(|e| format!("{}: {e}", g.key_dir.display()))?;
+    let verifier = ring::signature::Ed25519KeyPair::from_pkcs8(keys.ledger_signing_key_pkcs8())
+        .map_err(|_| "ledger-ed25519.pk8 is not Ed25519 PKCS#8 v2".to_owned())
+        .and_then(|pair| {
+            crossflow_ledger::Signer::new(keys.ledger_key_name(), pair).map_err(|e| e.to_string())
+        })?
+        .verifier();
+    let origin = crossflow_ledger::origin(&g.federation);
+    let report = crossflow_ledger::cli::fsck_data_dir(&g.data_dir, Some(&verifier), Some(&origin))?;
+    println!("{}", crossflow_ledger::cli::fsck_summary(&report)?);
+    Ok(())
+}
+
+/// `crossflow conversions release`: one ledger entry, written offline.
+fn release_conversion(id: &str, config: &std::path::Path, note: &str) -> Result<(), String> {
+    let settings = Settings::load(config).map_err(|e| e.to_string())?;
+    let store = crossflow_store::Sqlite::open(&settings.gateway.data_dir).map_err(|e| match e {
+        crossflow_store::StoreError::Locked(dir) => format!(
+            "{} is in use by a running gateway; stop it, or have an operator call \
+             ConversionService.ReleaseConversion",
+            dir.display()
+        ),
+        other => other.to_string(),
+    })?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let done = runtime()?.block_on(crossflow_conversions::release_with(
+        store.db(),
+        now,
+        crossflow_conversions::Releaser::Cli,
+        id,
+        note,
+    ));
+    store.db().close();
+    let r = done.map_err(|e| e.problem().message)?;
+    println!(
+        "released conversion {id} (order {} of {}, hold {}): ledger entry {}, leaf hash {}",
+        r.conversion.order_id,
+        r.conversion.reporter,
+        r.conversion.hold_reason,
+        r.entry.index,
+        crossflow_conversions::hex(&r.entry.leaf_hash)
+    );
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -3,16 +3,33 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use crossflow_conversions::Conversions;
 use crossflow_identity::KeyRing;
-use crossflow_proto::v1::{FILE_DESCRIPTOR_SET, referral_service_server::ReferralServiceServer};
+use crossflow_ledger::{Integrator, Ledger, LedgerError, NoteError, Signer};
+use crossflow_proto::v1::conversion_service_server::ConversionServiceServer;
+use crossflow_proto::v1::{
+    FILE_DESCRIPTOR_SET, ledger_service_server::LedgerServiceServer,
+    referral_service_server::ReferralServiceServer,
+};
+use crossflow_proto::v1::quota_service_server::QuotaServiceServer;
+use crossflow_quota::{
+    QuotaLayer, Quotas,
+    grpc::{QuotaApi, ReloadStatus},
+};
 use crossflow_referrals::{Referrals, SystemClock};
 use crossflow_settings::{Settings, SettingsHandle};
 use crossflow_store::Sqlite;
+use crossflow_proto::v1::tag_service_server::TagServiceServer;
+use crossflow_tags::Tags;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
-use crate::edge::IdentityLayer;
+use crate::{edge::IdentityLayer, reload::Reloader, telemetry::RpcTelemetryLayer};
+
+/// How often daily quota counters are written behind (a crash loses at most
+/// this much counting).
+const QUOTA_FLUSH_EVERY: Duration = Duration::from_secs(1);
 
 /// Longest any request may run before it is cancelled with DEADLINE_EXCEEDED.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -32,6 +49,8 @@ pub enum ServeError {
     },
     #[error(transparent)]
     Store(#[from] crossflow_store::StoreError),
+    #[error("ledger: {0}")]
+    Ledger(#[from] crossflow_ledger::LedgerError),
     #[error("binding {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -41,6 +60,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("{0}")]
+    TagSettings(String),
 }
 
 /// A gateway serving in the background.
@@ -69,6 +90,28 @@ impl Running {
         };
         self.store.db().close();
         res
+    }
+
+    /// Serves until `signal` completes, then stops as [`Running::shutdown`]
+    /// does (so the last quota counts and commits are written).
+    pub async fn run_until(
+        mut self,
+        signal: impl std::future::Future<Output = ()>,
+    ) -> Result<(), ServeError> {
+        let Some(mut task) = self.task.take() else {
+            return Ok(());
+        };
+        tokio::select! {
+            r = &mut task => {
+                self.store.db().close();
+                r.unwrap_or(Ok(()))
+            }
+            () = signal => {
+                tracing::info!("shutting down");
+                self.task = Some(task);
+                self.stop().await
+            }
+        }
     }
 
     async fn stop(&mut self) -> Result<(), ServeError> {
@@ -129,24 +172,86 @@ pub async fn start(
             source,
         })?,
     );
+    let tag_problems = crossflow_tags::check_settings(&settings);
+    if !tag_problems.is_empty() {
+        return Err(ServeError::TagSettings(tag_problems.join("; ")));
+    }
     let store = Sqlite::open(&g.data_dir)?;
     let handle = SettingsHandle::new(settings);
+    // Today's daily quota counters come back before the first call.
+    let quotas = Arc::new(Quotas::new(handle.clone()));
+    quotas.restore(&store).await?;
 
     let referrals = Referrals::new(
         store.clone(),
         keys.clone(),
         handle.clone(),
         Arc::new(SystemClock),
+    )
+    .with_guard(quotas.clone());
+    let tags = Tags::new(
+        store.clone(),
+        keys.clone(),
+        handle.clone(),
+        Arc::new(SystemClock),
     );
+    let conversions = Conversions::new(
+        store.db().clone(),
+        keys.clone(),
+        handle.clone(),
+        Arc::new(SystemClock),
+    );
+
+    // Storage never holds the key: the integrator gets a signer.
+    let signer = ring::signature::Ed25519KeyPair::from_pkcs8(keys.ledger_signing_key_pkcs8())
+        .map_err(|_| NoteError::MalformedPrivateKey("ledger-ed25519.pk8 is not Ed25519 PKCS#8 v2"))
+        .and_then(|pair| Signer::new(keys.ledger_key_name(), pair))
+        .map_err(LedgerError::from)?;
+    let integrator = Integrator::open(
+        store.clone(),
+        signer,
+        crossflow_ledger::origin(&handle.get().gateway.federation),
+    )
+    .await?;
+    let interval = {
+        let handle = handle.clone();
+        move || Duration::from_millis(handle.get().ledger.checkpoint_interval_ms)
+    };
+    // A fresh entry's receipt waits for the next checkpoint: two intervals
+    // and some slack, well inside the request timeout.
+    let receipt_wait = {
+        let interval = interval.clone();
+        move || (2 * interval() + Duration::from_millis(500)).min(REQUEST_TIMEOUT / 2)
+    };
+    let ledger: Ledger<Sqlite> = integrator.ledger().with_receipt_wait(receipt_wait);
+    let integrator = integrator.spawn(interval);
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
+        .set_serving::<LedgerServiceServer<Ledger<Sqlite>>>()
+        .await;
+    health_reporter
         .set_serving::<ReferralServiceServer<Referrals<Sqlite>>>()
+        .await;
+    health_reporter
+        .set_serving::<ConversionServiceServer<Conversions>>()
+        .await;
+    health_reporter
+        .set_serving::<TagServiceServer<Tags<Sqlite>>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
+    let reload_status = ReloadStatus::default();
+    let reloader = Reloader::new(handle.clone(), reload_status.clone(), health_reporter.clone());
+    reloader.started().await;
+    let background = [
+        crossflow_quota::spawn_flusher(quotas.clone(), store.clone(), QUOTA_FLUSH_EVERY),
+        crate::telemetry::watch_store(store.db().clone()),
+        reloader.spawn(),
+        crossflow_tags::spawn_purger(store.clone(), crossflow_tags::PURGE_EVERY),
+    ];
 
     let addr = listen_override.unwrap_or(g.listen);
     let listener = TcpListener::bind(addr)
@@ -160,19 +265,40 @@ pub async fn start(
         .tls_config(tls)?
         .timeout(REQUEST_TIMEOUT)
         .tcp_nodelay(true)
+        .layer(RpcTelemetryLayer::new())
         .layer(IdentityLayer::new(handle.clone()))
+        .layer(QuotaLayer::new(quotas.clone()))
         .add_service(health)
         .add_service(reflection)
-        .add_service(ReferralServiceServer::new(referrals));
+        .add_service(QuotaServiceServer::new(QuotaApi::new(
+            quotas.clone(),
+            reload_status,
+        )))
+        .add_service(ReferralServiceServer::new(referrals))
+        .add_service(TagServiceServer::new(tags))
+        .add_service(ConversionServiceServer::new(conversions))
+        .add_service(LedgerServiceServer::new(ledger));
 
     let (tx, rx) = oneshot::channel::<()>();
+    let store_for_task = store.clone();
     let task = tokio::spawn(async move {
-        router
+        let served = router
             .serve_with_incoming_shutdown(incoming(listener), async {
                 let _ = rx.await;
             })
             .await
-            .map_err(ServeError::from)
+            .map_err(ServeError::from);
+        for t in &background {
+            t.abort();
+        }
+        // The last second of quota counts (a crash would lose it).
+        if let Err(e) = quotas.flush(&store_for_task).await {
+            tracing::error!(error = %e, "writing quota counters at shutdown failed");
+        }
+        // The integrator holds the store; it must be gone before the store
+        // closes, or a restart on the same data dir would find it locked.
+        integrator.stop().await;
+        served
     });
     tracing::info!(%addr, federation = %handle.get().gateway.federation, "crossflow gateway serving");
     Ok(Running {

@@ -1,12 +1,21 @@
-//! Pure core of the crossflow ledger: RFC 6962 Merkle trees, signed notes and
-//! checkpoints, and inclusion receipts. No I/O: storage feeds tree nodes in
-//! through [`merkle::NodeReader`] and persists what [`merkle::Frontier`] emits.
+//! The crossflow ledger.
+//!
+//! The pure core has no I/O: RFC 6962 Merkle trees ([`merkle`]), signed notes
+//! and checkpoints ([`note`]), and inclusion receipts ([`receipt`]). Around
+//! it, [`log`] integrates sequenced entries into the stored tree, signs
+//! checkpoints and answers proofs; [`grpc`] serves `crossflow.v1.LedgerService`;
+//! [`fsck`] recomputes everything from stored entries.
 #![forbid(unsafe_code)]
 
+pub mod cli;
+pub mod fsck;
+pub mod grpc;
+pub mod log;
 pub mod merkle;
 pub mod note;
 pub mod receipt;
 
+pub use log::{Integrator, IntegratorHandle, Ledger, LedgerError, origin};
 pub use merkle::{Frontier, Hash, NodeReader, ProofError};
 pub use note::{Checkpoint, NoteError, Signer, Verifier};
 pub use receipt::{Receipt, ReceiptError, verify_receipt};

@@ -2,7 +2,7 @@
 
 use crossflow_identity::{ReferralClaims, ReferralId};
 use crossflow_proto::v1::{self as pb, ReferralState, referral_service_server::ReferralService};
-use crossflow_store::{Landing, LandingStore};
+use crossflow_store::{Landing, LandingStore, OptOutLookup};
 use tonic::{Request, Response, Status};
 
 use crate::{CreateRequest, Referrals};
@@ -13,6 +13,14 @@ pub fn timestamp(ms: i64) -> prost_types::Timestamp {
         seconds: ms.div_euclid(1000),
         nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
     }
+}
+
+/// Fills the domain fields of the gateway's per-RPC span (a no-op when the
+/// span does not declare them).
+fn record_span(referral_id: &str, agreement_id: &str) {
+    let span = tracing::Span::current();
+    span.record("referral_id", referral_id);
+    span.record("agreement_id", agreement_id);
 }
 
 fn minted(c: &ReferralClaims, agreement_id: &str) -> pb::Referral {
@@ -54,7 +62,7 @@ pub fn redeemed(l: &Landing) -> pb::Referral {
 }
 
 #[tonic::async_trait]
-impl<S: LandingStore> ReferralService for Referrals<S> {
+impl<S: LandingStore + OptOutLookup> ReferralService for Referrals<S> {
     async fn create_referral(
         &self,
         req: Request<pb::CreateReferralRequest>,
@@ -74,6 +82,8 @@ impl<S: LandingStore> ReferralService for Referrals<S> {
             )
             .await
             .map_err(|e| e.problem().into_status())?;
+        record_span(&m.claims.referral_id.to_string(), &m.agreement_id);
+        crossflow_api::metrics::get().hop_minted(&m.agreement_id);
         tracing::debug!(referral_id = %m.claims.referral_id, agreement_id = %m.agreement_id, hop = m.claims.hop, "referral minted");
         Ok(Response::new(pb::CreateReferralResponse {
             referral: Some(minted(&m.claims, &m.agreement_id)),
@@ -91,6 +101,13 @@ impl<S: LandingStore> ReferralService for Referrals<S> {
             .redeem(&caller, &r.token, &r.subject)
             .await
             .map_err(|e| e.problem().into_status())?;
+        record_span(
+            &ReferralId(l.landing.referral_id).to_string(),
+            &l.landing.agreement_id,
+        );
+        if l.new {
+            crossflow_api::metrics::get().hop_redeemed(&l.landing.agreement_id);
+        }
         tracing::debug!(referral_id = %ReferralId(l.landing.referral_id), agreement_id = %l.landing.agreement_id, new = l.new, "referral redeemed");
         Ok(Response::new(pb::RedeemReferralResponse {
             referral: Some(redeemed(&l.landing)),

@@ -15,7 +15,7 @@ use std::{sync::Arc, time::SystemTime};
 use crossflow_api::{Kind, Problem, check::Checks};
 use crossflow_identity::{KeyRing, Pseudonym, ReferralClaims, ReferralId, TokenError, Uid};
 use crossflow_settings::SettingsHandle;
-use crossflow_store::{Landing, LandingStore, Redeemed, StoreError};
+use crossflow_store::{Landing, LandingStore, OptOutLookup, Redeemed, StoreError};
 
 /// Longest `target`, in bytes.
 pub const MAX_TARGET_BYTES: usize = crossflow_identity::token::MAX_TARGET_LEN;
@@ -35,6 +35,19 @@ impl Clock for SystemClock {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64)
     }
+}
+
+/// Per-agreement limits on minting hops (daily caps, reciprocity), checked
+/// once the destination and the agreement are known. The gateway passes the
+/// quota engine; a hop it refuses is not minted.
+pub trait HopGuard: Send + Sync + 'static {
+    /// Admits (and counts) one hop `flow.from -> flow.to`, or says which
+    /// quota refused it.
+    fn admit_hop(
+        &self,
+        agreement: &crossflow_settings::raw::Agreement,
+        flow: &crossflow_settings::raw::Flow,
+    ) -> Result<(), Problem>;
 }
 
 /// Why a referral operation was refused.
@@ -72,6 +85,8 @@ pub enum ReferralError {
     NotFound(String),
     #[error("the caller is not a party to referral {0}")]
     NotAParty(String),
+    #[error("{0}")]
+    Quota(Problem),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -130,6 +145,7 @@ impl ReferralError {
             E::NotAParty(id) => {
                 Problem::new(Kind::PermissionDenied, "NOT_A_PARTY", msg).with("referral_id", id)
             }
+            E::Quota(p) => p.clone(),
             E::Store(e) => Problem::internal(e),
         }
     }
@@ -168,6 +184,7 @@ pub struct Referrals<S> {
     keys: Arc<KeyRing>,
     settings: SettingsHandle,
     clock: Arc<dyn Clock>,
+    guard: Option<Arc<dyn HopGuard>>,
 }
 
 impl<S> std::fmt::Debug for Referrals<S> {
@@ -178,7 +195,7 @@ impl<S> std::fmt::Debug for Referrals<S> {
 
 // === impl Referrals ===
 
-impl<S: LandingStore> Referrals<S> {
+impl<S: LandingStore + OptOutLookup> Referrals<S> {
     pub fn new(
         store: S,
         keys: Arc<KeyRing>,
@@ -190,7 +207,15 @@ impl<S: LandingStore> Referrals<S> {
             keys,
             settings,
             clock,
+            guard: None,
         }
+    }
+
+    /// Checks every hop against `guard` (per-agreement quotas) before
+    /// minting it.
+    pub fn with_guard(mut self, guard: Arc<dyn HopGuard>) -> Self {
+        self.guard = Some(guard);
+        self
     }
 
     pub fn keys(&self) -> &KeyRing {
@@ -255,12 +280,19 @@ impl<S: LandingStore> Referrals<S> {
                 )
             }
         };
+        // A user who opted out of tag sharing (see crossflow-tags) gets hops
+        // without tag access, whichever hop of the chain this is.
+        let tag_access = tag_access && !self.store.opted_out(origin_uid.0).await?;
         if hop > flow.agreement.max_hops {
             return Err(ReferralError::MaxHops {
                 agreement: flow.agreement.id.clone(),
                 max_hops: flow.agreement.max_hops,
                 hop,
             });
+        }
+        if let Some(g) = &self.guard {
+            g.admit_hop(flow.agreement, flow.flow)
+                .map_err(ReferralError::Quota)?;
         }
         let referral_id = if req.request_id.is_empty() {
             ReferralId::random().map_err(|e| ReferralError::Invalid(Problem::internal(&e)))?

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod raw;
+mod tags;
 mod validate;
 
 use std::{
@@ -18,7 +19,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
-pub use raw::{AttributionModel, Boost, Commission, QuotaClass, RateQuota};
+pub use raw::{AttributionModel, Boost, Commission, Fraud, QuotaClass, RateQuota};
+pub use validate::valid_category;
+pub use tags::{TagSettings, TagValues};
 
 // === errors ===
 
@@ -73,6 +76,14 @@ pub struct Settings {
     pub partners: BTreeMap<String, raw::Partner>,
     /// Agreements in file order.
     pub agreements: Vec<raw::Agreement>,
+    /// Fraud hold rules for conversions.
+    pub fraud: raw::Fraud,
+    /// Checkpoint policy of the ledger.
+    pub ledger: raw::Ledger,
+    /// OpenTelemetry export (read at start only).
+    pub telemetry: raw::Telemetry,
+    /// The tag vocabulary and disclosure guards.
+    pub tags: TagSettings,
     /// (from, to) -> (agreement index, flow index).
     flows: BTreeMap<(String, String), (usize, usize)>,
 }

@@ -15,6 +15,95 @@ pub struct Config {
     pub partners: Vec<Partner>,
     #[serde(default)]
     pub agreements: Vec<Agreement>,
+    #[serde(default)]
+    pub fraud: Fraud,
+    #[serde(default)]
+    pub tags: Tags,
+    #[serde(default)]
+    pub ledger: Ledger,
+    #[serde(default)]
+    pub telemetry: Telemetry,
+}
+
+/// `[telemetry]`: OpenTelemetry export. Without `otlp_endpoint` nothing is
+/// exported (spans still go to the log). Changing it needs a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Telemetry {
+    /// OTLP/gRPC collector address, e.g. `http://127.0.0.1:4317`. Traces
+    /// and metrics are exported there when set.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` resource attribute of everything exported.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// How often metrics are exported, in milliseconds.
+    #[serde(default = "default_export_interval_ms")]
+    pub export_interval_ms: u64,
+}
+
+fn default_service_name() -> String {
+    "crossflow".to_owned()
+}
+
+fn default_export_interval_ms() -> u64 {
+    10_000
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry {
+            otlp_endpoint: None,
+            service_name: default_service_name(),
+            export_interval_ms: default_export_interval_ms(),
+        }
+    }
+}
+
+/// `[ledger]`: how the signed Merkle ledger issues checkpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ledger {
+    /// Longest time, in milliseconds, between signed checkpoints while the
+    /// log grows. Receipts are issued against the latest checkpoint, so this
+    /// is also the longest wait for a fresh entry's receipt.
+    #[serde(default = "default_checkpoint_interval_ms")]
+    pub checkpoint_interval_ms: u64,
+}
+
+fn default_checkpoint_interval_ms() -> u64 {
+    1000
+}
+
+impl Default for Ledger {
+    fn default() -> Self {
+        Ledger {
+            checkpoint_interval_ms: default_checkpoint_interval_ms(),
+        }
+    }
+}
+
+/// `[fraud]`: rules that hold a conversion (recorded, but kept out of
+/// settlement until an operator releases it). Every rule is off when absent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fraud {
+    /// Hold a conversion placed sooner than this many seconds after the
+    /// buyer's most recent landing at the reporter.
+    #[serde(default)]
+    pub min_seconds_after_landing: Option<u64>,
+    /// Hold a conversion whose buyer landed at the reporter more than this
+    /// many times in the hour before the order.
+    #[serde(default)]
+    pub max_landings_per_uid_per_hour: Option<u32>,
+    /// Hold a conversion over this amount, in minor units of its currency,
+    /// for currencies without their own cap below.
+    #[serde(default)]
+    pub max_amount_minor: Option<u64>,
+    /// Per-currency caps in minor units, keyed by ISO 4217 code
+    /// (`CNY = 5000000`); they take precedence over `max_amount_minor`.
+    #[serde(default)]
+    pub max_amount_minor_by_currency: BTreeMap<String, u64>,
 }
 
 /// `[gateway]`: process-wide settings. Changing `listen`, `data_dir` or
@@ -206,6 +295,74 @@ pub struct Boost {
     /// Categories it applies to; all if empty.
     #[serde(default)]
     pub categories: Vec<String>,
+}
+
+/// `[tags]`: the tag vocabulary partners may publish, how long tags live,
+/// and what is never disclosed. Absent: only `iab-audience` is allowed.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tags {
+    /// Longest time to live a published tag may have, in seconds; a tag
+    /// published without a TTL gets this one.
+    #[serde(default = "default_max_tag_ttl_secs")]
+    pub max_ttl_secs: u64,
+    /// After `keys rotate`, how long the pseudonyms of the previous epoch
+    /// still resolve (are listed beside the current one), in days.
+    #[serde(default = "default_pseudonym_overlap_days")]
+    pub pseudonym_overlap_days: u32,
+    /// Never disclosed, whatever an agreement's `tag_scopes` say: a whole
+    /// namespace (`health`), one value (`life-stage/expecting`), or, in a
+    /// taxonomy namespace, a node and its whole subtree (`iab-audience/381`).
+    /// Publishing a sensitive tag is refused.
+    #[serde(default)]
+    pub sensitive: Vec<String>,
+    /// The namespaces partners may publish and agreements may scope.
+    #[serde(default = "default_tag_namespaces")]
+    pub namespaces: Vec<TagNamespace>,
+}
+
+/// `[[tags.namespaces]]`: one allowed namespace and the values it takes:
+/// exactly one of `values`, `pattern` or `taxonomy`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TagNamespace {
+    /// The namespace, e.g. `life-stage`: 1-64 of a-z, 0-9 and '-'.
+    pub name: String,
+    /// The values allowed, listed (1-128 printable ASCII each, no '/').
+    #[serde(default)]
+    pub values: Vec<String>,
+    /// A regular expression (Rust `regex` syntax) a whole value must match.
+    #[serde(default)]
+    pub pattern: Option<String>,
+    /// A built-in taxonomy whose ids are the values: `iab-audience-1.1`.
+    #[serde(default)]
+    pub taxonomy: Option<String>,
+}
+
+impl Default for Tags {
+    fn default() -> Tags {
+        Tags {
+            max_ttl_secs: default_max_tag_ttl_secs(),
+            pseudonym_overlap_days: default_pseudonym_overlap_days(),
+            sensitive: Vec::new(),
+            namespaces: default_tag_namespaces(),
+        }
+    }
+}
+
+fn default_max_tag_ttl_secs() -> u64 {
+    30 * 86_400
+}
+fn default_pseudonym_overlap_days() -> u32 {
+    90
+}
+fn default_tag_namespaces() -> Vec<TagNamespace> {
+    vec![TagNamespace {
+        name: "iab-audience".to_owned(),
+        values: Vec::new(),
+        pattern: None,
+        taxonomy: Some("iab-audience-1.1".to_owned()),
+    }]
 }
 
 fn default_listen() -> String {

@@ -314,6 +314,11 @@ fn schema_fields() -> Vec<String> {
             &[("default_bps = 500\n", "default_bps = 500\nzz = 1\n")],
         ),
         with_boost("baby-care = 1", "extra_bps = 1\nzz = 1"),
+        format!("{BASE}\n[fraud]\nzz = 1\n"),
+        format!("{BASE}\n[tags]\nzz = 1\n"),
+        format!("{BASE}\n[[tags.namespaces]]\nname = \"x\"\nzz = 1\n"),
+        format!("{BASE}\n[ledger]\nzz = 1\n"),
+        format!("{BASE}\n[telemetry]\nzz = 1\n"),
     ];
     let mut fields = Vec::new();
     for text in tables {

@@ -241,12 +241,21 @@ pub(crate) fn validate(
         }
     }
 
+    fraud(&raw.fraud, &mut e);
+    ledger(&raw.ledger, &mut e);
+    telemetry(&raw.telemetry, &mut e);
+    let tags = crate::tags::validate(&raw, &mut e.0);
+
     match gateway {
         Some(gateway) if e.0.is_empty() => Ok(Settings {
             file: file.to_path_buf(),
             gateway,
             partners,
             agreements: raw.agreements,
+            fraud: raw.fraud,
+            ledger: raw.ledger,
+            telemetry: raw.telemetry,
+            tags,
             flows,
         }),
         _ => Err(e.0),
@@ -316,6 +325,55 @@ fn commission(c: &raw::Commission, key: &str, e: &mut Errors) {
     }
 }
 
+/// Bounds of `ledger.checkpoint_interval_ms`: below 10 ms signing would
+/// dominate integration; above an hour receipts would wait too long.
+pub const CHECKPOINT_INTERVAL_MS: std::ops::RangeInclusive<u64> = 10..=3_600_000;
+
+fn ledger(l: &raw::Ledger, e: &mut Errors) {
+    if !CHECKPOINT_INTERVAL_MS.contains(&l.checkpoint_interval_ms) {
+        e.push(
+            "ledger.checkpoint_interval_ms",
+            format!(
+                "must be between {} and {} milliseconds, got {}",
+                CHECKPOINT_INTERVAL_MS.start(),
+                CHECKPOINT_INTERVAL_MS.end(),
+                l.checkpoint_interval_ms
+            ),
+        );
+    }
+}
+
+fn fraud(f: &raw::Fraud, e: &mut Errors) {
+    // 0 would hold every conversion; remove the key to turn a rule off.
+    if f.max_landings_per_uid_per_hour == Some(0) {
+        e.push(
+            "fraud.max_landings_per_uid_per_hour",
+            "must be > 0 when set, got 0 (remove it to turn the rule off)",
+        );
+    }
+    if f.max_amount_minor == Some(0) {
+        e.push(
+            "fraud.max_amount_minor",
+            "must be > 0 when set, got 0 (remove it to turn the rule off)",
+        );
+    }
+    for (code, cap) in &f.max_amount_minor_by_currency {
+        let key = format!("fraud.max_amount_minor_by_currency.{code}");
+        if code.len() != 3 || !code.bytes().all(|c| c.is_ascii_uppercase()) {
+            e.push(
+                key.clone(),
+                format!(
+                    "must be keyed by an ISO 4217 code like CNY, got {}",
+                    quoted(code)
+                ),
+            );
+        }
+        if *cap == 0 {
+            e.push(key, "must be > 0, got 0 (remove it to use max_amount_minor)");
+        }
+    }
+}
+
 /// Product categories: 1-64 of lowercase letters, digits, '-' and '_'.
 pub fn valid_category(c: &str) -> bool {
     !c.is_empty()
@@ -337,6 +395,29 @@ fn timestamp(v: &str, key: &str, e: &mut Errors) -> Option<jiff::Timestamp> {
             );
             None
         }
+    }
+}
+
+fn telemetry(t: &raw::Telemetry, e: &mut Errors) {
+    if let Some(ep) = &t.otlp_endpoint
+        && !(ep.starts_with("http://") || ep.starts_with("https://"))
+    {
+        e.push(
+            "telemetry.otlp_endpoint",
+            format!(
+                "must be an http:// or https:// URL like http://127.0.0.1:4317, got {}",
+                quoted(ep)
+            ),
+        );
+    }
+    if t.service_name.is_empty() {
+        e.push("telemetry.service_name", "must not be empty");
+    }
+    if !(100..=3_600_000).contains(&t.export_interval_ms) {
+        e.push(
+            "telemetry.export_interval_ms",
+            format!("must be 100-3600000 ms, got {}", t.export_interval_ms),
+        );
     }
 }
 

@@ -6,13 +6,20 @@
 //! them. SQL here stays plain and portable for that reason.
 #![forbid(unsafe_code)]
 
+pub mod conversions;
 mod db;
 pub mod landings;
+pub mod quotas;
+pub mod tags;
+pub mod ledger;
 
 use std::{path::Path, sync::Arc};
 
 pub use db::{Db, Migration, WriterStats};
 pub use landings::{Landing, LandingStore, Redeemed};
+pub use quotas::QuotaCounterStore;
+pub use tags::{OptOutLookup, TagStore};
+pub use ledger::{LedgerStore, Sequenced};
 
 /// A storage failure. Cloneable because one commit failure answers every
 /// write of its batch.
@@ -46,7 +53,7 @@ impl From<rusqlite::Error> for StoreError {
 }
 
 /// Every migration of the embedded schema, in order.
-pub const MIGRATIONS: &[Migration] = &[landings::MIGRATION];
+pub const MIGRATIONS: &[Migration] = &[landings::MIGRATION, ledger::MIGRATION, quotas::MIGRATION, conversions::MIGRATION, tags::MIGRATION];
 
 /// The SQLite implementation of every storage trait.
 #[derive(Debug, Clone)]

@@ -13,6 +13,8 @@ use tonic_types::StatusExt;
 
 use crate::{server, testbed::Testbed};
 
+mod conversions;
+
 const MOMBABY: &str = "mombaby-live";
 const HOMEDECOR: &str = "homedecor-live";
 const BEAUTY: &str = "beauty-live";
@@ -21,7 +23,7 @@ const FEDERATION: &str = "crossflow.example";
 /// Partners and agreements of the demo federation. mombaby-live and
 /// beauty-live have no agreement: a viewer can only reach beauty-live from
 /// mombaby-live onward through homedecor-live.
-const DEMO_BODY: &str = r#"
+pub const DEMO_BODY: &str = r#"
 [[partners]]
 id = "mombaby-live"
 name = "Mom & Baby Live"
@@ -282,6 +284,7 @@ pub async fn run(keep: Option<&Path>) -> Result<String, DemoError> {
     )?;
 
     report.push_str(&summary(&t));
+    conversions::run(&bed, gw.addr, &mut report).await?;
     gw.shutdown().await?;
     if let Some(dir) = keep {
         let _ = writeln!(

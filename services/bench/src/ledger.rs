@@ -1,0 +1,299 @@
+//! `crossflow-bench --ledger`: the ledger's storage, without gRPC.
+//!
+//! 1. Durable append throughput: batches of `--ledger-batch` entries of
+//!    ~300 bytes, each batch one `Db::write` (one group commit, fsync with
+//!    `synchronous=FULL`), sequenced with `crossflow_store::ledger::sequence`
+//!    (entry row + two party rows) while the integrator runs beside it and
+//!    persists tree nodes and checkpoints. The clock stops when the last
+//!    entry is integrated (its tree nodes durable). The baseline is plain
+//!    `INSERT`s of the same bytes into a one-column table, in the same
+//!    batches through the same writer. Rounds alternate the two.
+//! 2. Proof time at `--ledger-proof-entries` (10 million): a log of that size
+//!    is built in a temporary directory (bulk, `synchronous=OFF`: it is a
+//!    fixture), reopened through the normal path (which checks the stored
+//!    tree against the signed checkpoint), then inclusion proofs for random
+//!    indexes are timed: the one batched node query plus rehashing, and the
+//!    whole receipt (entry, parties, proof, text) as GetReceipt builds it.
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use crossflow_api::Caller;
+use crossflow_ledger::{Frontier, Integrator, Signer, merkle};
+use crossflow_store::{
+    Db, Migration, Sqlite,
+    ledger::{self, Integration, LedgerStore, sequence},
+};
+use rusqlite::{Connection, params};
+
+use crate::BoxError;
+
+const ORIGIN: &str = "crossflow.bench/ledger";
+const PLAIN: Migration = Migration {
+    name: "bench_plain",
+    sql: "CREATE TABLE plain (id INTEGER PRIMARY KEY, bytes BLOB NOT NULL) STRICT;",
+};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub entries: u64,
+    pub batch: usize,
+    pub rounds: usize,
+    pub proof_entries: u64,
+    pub proofs: usize,
+    /// Where to build the temporary stores (default: the system temp dir).
+    pub dir: Option<PathBuf>,
+}
+
+pub fn run(o: &Options) -> Result<(), BoxError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    println!(
+        "ledger append: {} entries of ~{} bytes in durable batches of {}, {} round(s)",
+        o.entries,
+        entry(0).len(),
+        o.batch,
+        o.rounds
+    );
+    let mut plain = Vec::new();
+    let mut logged = Vec::new();
+    for round in 1..=o.rounds {
+        let p = rt.block_on(append_plain(o))?;
+        let l = rt.block_on(append_ledger(o))?;
+        println!(
+            "  round {round}: plain insert {:>9.0} rows/s | ledger sequenced {:>9.0}/s, integrated {:>9.0} entries/s | ratio {:.2}",
+            p,
+            l.sequenced,
+            l.integrated,
+            l.integrated / p
+        );
+        plain.push(p);
+        logged.push(l.integrated);
+    }
+    let (p, l) = (median(&mut plain), median(&mut logged));
+    println!(
+        "  median: plain {p:.0} rows/s, ledger {l:.0} entries/s (sequence + integration, durable), ratio {:.2}  [targets: >= 100000/s, >= 0.50]",
+        l / p
+    );
+    if o.proof_entries > 0 {
+        proofs(o)?;
+    }
+    Ok(())
+}
+
+fn tempdir(o: &Options) -> Result<tempfile::TempDir, BoxError> {
+    Ok(match &o.dir {
+        Some(d) => tempfile::tempdir_in(d)?,
+        None => tempfile::tempdir()?,
+    })
+}
+
+/// A ~300-byte entry shaped like a conversion entry, unique per `i`.
+fn entry(i: u64) -> Vec<u8> {
+    format!(
+        concat!(
+            r#"{{"v":1,"type":"conversion","event":"reported","salt":"{:032x}","#,
+            r#""conversion_id":"{:032x}","reporter":"homedecor-live","order_id":"order-{}","#,
+            r#""amount_minor":129900,"currency":"CNY","category":"home-decor","#,
+            r#""postings":[{{"account":"homedecor-live","minor":-6495}},{{"account":"mombaby-live","minor":6495}}]}}"#
+        ),
+        u128::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c834),
+        u128::from(i) << 7,
+        i
+    )
+    .into_bytes()
+}
+
+fn batch(from: u64, n: usize) -> Vec<Vec<u8>> {
+    (from..from + n as u64).map(entry).collect()
+}
+
+async fn append_plain(o: &Options) -> Result<f64, BoxError> {
+    let dir = tempdir(o)?;
+    let db = Db::open(dir.path(), &[PLAIN])?;
+    let started = Instant::now();
+    let mut next = 0;
+    while next < o.entries {
+        let rows = batch(next, o.batch);
+        next += rows.len() as u64;
+        db.write(move |c| {
+            let mut insert = c.prepare_cached("INSERT INTO plain (bytes) VALUES (?1)")?;
+            for r in &rows {
+                insert.execute([r])?;
+            }
+            Ok(())
+        })
+        .await?;
+    }
+    let rate = next as f64 / started.elapsed().as_secs_f64();
+    db.close();
+    Ok(rate)
+}
+
+struct Appended {
+    sequenced: f64,
+    integrated: f64,
+}
+
+async fn append_ledger(o: &Options) -> Result<Appended, BoxError> {
+    let dir = tempdir(o)?;
+    let store = Sqlite::open(dir.path())?;
+    let signer = Signer::from_seed("bench-ledger", &[9; 32])?;
+    let integrator = Integrator::open(store.clone(), signer, ORIGIN.into()).await?;
+    let handle = integrator.spawn(|| Duration::from_millis(1000));
+    let started = Instant::now();
+    let mut next = 0;
+    while next < o.entries {
+        let rows = batch(next, o.batch);
+        next += rows.len() as u64;
+        store
+            .db()
+            .write(move |c| {
+                for r in &rows {
+                    sequence(c, r, &["homedecor-live", "mombaby-live"], 0)?;
+                }
+                Ok(())
+            })
+            .await?;
+    }
+    let sequenced = next as f64 / started.elapsed().as_secs_f64();
+    while store.tree_size().await? < next {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let integrated = next as f64 / started.elapsed().as_secs_f64();
+    handle.stop().await;
+    store.db().close();
+    Ok(Appended {
+        sequenced,
+        integrated,
+    })
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Builds a log of `n` entries in `dir` in bulk and signs its checkpoint.
+fn build(dir: &Path, n: u64, signer: &Signer) -> Result<(), BoxError> {
+    Sqlite::open(dir)?.db().close();
+    let conn = Connection::open(dir.join("crossflow.db"))?;
+    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=OFF;")?;
+    let mut frontier = Frontier::new();
+    let started = Instant::now();
+    const CHUNK: u64 = 200_000;
+    let mut from = 0;
+    while from < n {
+        let to = (from + CHUNK).min(n);
+        let tx = conn.unchecked_transaction()?;
+        let mut nodes = Vec::with_capacity((to - from) as usize + 64);
+        for i in from..to {
+            let s = sequence(&tx, &entry(i), &["homedecor-live", "mombaby-live"], 0)?;
+            nodes.extend(frontier.append(s.leaf_hash).into_iter().filter(|x| x.0 > 0));
+        }
+        ledger::integrate(
+            &tx,
+            &Integration {
+                size: to,
+                nodes,
+                checkpoint: None,
+            },
+        )?;
+        tx.commit()?;
+        from = to;
+        if from % 1_000_000 == 0 {
+            eprintln!(
+                "    built {from} entries in {:.0} s",
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    let root = frontier.root();
+    let body = crossflow_ledger::Checkpoint::new(ORIGIN, n, root).to_body()?;
+    conn.execute(
+        "INSERT INTO ledger_checkpoints (size, root, note, signed_at_ms) VALUES (?1, ?2, ?3, 0)",
+        params![n as i64, &root[..], signer.sign(&body)?],
+    )?;
+    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
+    Ok(())
+}
+
+fn proofs(o: &Options) -> Result<(), BoxError> {
+    let n = o.proof_entries;
+    let dir = tempdir(o)?;
+    let signer = Signer::from_seed("bench-ledger", &[9; 32])?;
+    println!("inclusion proofs at {n} entries (building the log first)");
+    let started = Instant::now();
+    build(dir.path(), n, &signer)?;
+    println!(
+        "  built in {:.1} s ({:.0} entries/s bulk, not durable)",
+        started.elapsed().as_secs_f64(),
+        n as f64 / started.elapsed().as_secs_f64()
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let store = Sqlite::open(dir.path())?;
+    let opened = Instant::now();
+    let integrator = rt.block_on(Integrator::open(store.clone(), signer, ORIGIN.into()))?;
+    println!(
+        "  reopened and checked against the signed checkpoint in {:.1} ms",
+        opened.elapsed().as_secs_f64() * 1e3
+    );
+    let ledger = integrator.ledger();
+    let verifier = ledger.verifier().clone();
+    // Spread over the whole log, deterministic.
+    let indexes: Vec<u64> = (0..o.proofs as u64)
+        .map(|k| k.wrapping_mul(0x9e37_79b9_7f4a_7c15) % n)
+        .collect();
+
+    let mut proof_times = Vec::with_capacity(indexes.len());
+    for &i in &indexes {
+        let t = Instant::now();
+        let plan = merkle::inclusion_nodes(i, n)?;
+        let hashes = store
+            .db()
+            .read_blocking(|c| ledger::nodes(c, plan.ids()))?;
+        let proof = plan.rehash(&hashes)?;
+        proof_times.push(t.elapsed());
+        std::hint::black_box(proof);
+    }
+    let op = Caller::Operator("bench".into());
+    let mut receipt_times = Vec::with_capacity(indexes.len());
+    for &i in &indexes {
+        let t = Instant::now();
+        let r = rt.block_on(ledger.receipt(&op, i, Duration::ZERO))?;
+        receipt_times.push(t.elapsed());
+        crossflow_ledger::verify_receipt(&r.text, &r.entry.bytes, &verifier, ORIGIN)?;
+    }
+    let (p50, p99) = percentiles(&mut proof_times);
+    let (r50, r99) = percentiles(&mut receipt_times);
+    println!(
+        "  inclusion proof ({} random indexes, one node query + rehash): p50 {:.1} µs, p99 {:.1} µs  [target: < 1 ms]",
+        indexes.len(),
+        p50,
+        p99
+    );
+    println!(
+        "  whole receipt as GetReceipt builds it (entry, parties, proof, text; async): p50 {r50:.1} µs, p99 {r99:.1} µs (every receipt verified)"
+    );
+    drop(ledger);
+    drop(integrator);
+    store.db().close();
+    Ok(())
+}
+
+fn percentiles(v: &mut [Duration]) -> (f64, f64) {
+    v.sort();
+    let at = |q: f64| {
+        v.get(((v.len() as f64 - 1.0) * q).round() as usize)
+            .map_or(0.0, |d| d.as_secs_f64() * 1e6)
+    };
+    (at(0.5), at(0.99))
+}

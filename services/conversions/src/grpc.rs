@@ -1,0 +1,197 @@
+//! The gRPC adapter of `crossflow.v1.ConversionService`.
+
+use crossflow_api::Caller;
+use crossflow_proto::v1::{
+    self as pb, ConversionStatus, conversion_service_server::ConversionService,
+};
+use crossflow_store::conversions::ConversionRecord;
+use tonic::{Request, Response, Status as GrpcStatus};
+
+use crate::{
+    ConversionError, Conversions, Recorded, Releaser, ReportRequest, Status, UpdateRequest, hex,
+    money,
+};
+
+/// Milliseconds since the Unix epoch as a protobuf timestamp.
+fn timestamp(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+/// A protobuf timestamp in milliseconds; `None` when out of range.
+fn millis(t: &prost_types::Timestamp) -> Option<i64> {
+    if !(0..1_000_000_000).contains(&t.nanos) {
+        return None;
+    }
+    t.seconds
+        .checked_mul(1000)?
+        .checked_add(i64::from(t.nanos / 1_000_000))
+}
+
+fn status_to_wire(s: &str) -> ConversionStatus {
+    match Status::parse(s) {
+        Ok(Status::Pending) => ConversionStatus::Pending,
+        Ok(Status::Confirmed) => ConversionStatus::Confirmed,
+        Ok(Status::Cancelled) => ConversionStatus::Cancelled,
+        Ok(Status::Refunded) => ConversionStatus::Refunded,
+        Err(_) => ConversionStatus::Unspecified,
+    }
+}
+
+/// The wire form of a stored conversion.
+pub fn conversion(c: &ConversionRecord) -> pb::Conversion {
+    pb::Conversion {
+        conversion_id: hex(&c.conversion_id),
+        reporter: c.reporter.clone(),
+        order_id: c.order_id.clone(),
+        amount_minor: c.amount_minor,
+        currency: c.currency.clone(),
+        currency_exponent: u32::from(money::exponent(&c.currency).unwrap_or(0)),
+        category: c.category.clone(),
+        occurred_at: Some(timestamp(c.occurred_at_ms)),
+        status: status_to_wire(&c.status) as i32,
+        commission_minor: c.commission_minor,
+        refunded_minor: c.refunded_minor,
+        attributed: c.touches > 0,
+        attribution_model: c.model.clone(),
+        touches: c.touches,
+        held: c.held,
+        hold_reason: c.hold_reason.clone(),
+        report_index: c.report_index,
+        latest_index: c.latest_index,
+    }
+}
+
+fn entry_ref(r: &Recorded) -> pb::LedgerEntryRef {
+    pb::LedgerEntryRef {
+        index: r.entry.index,
+        leaf_hash: r.entry.leaf_hash.to_vec(),
+        entry: r.entry.bytes.clone(),
+    }
+}
+
+fn refuse(e: ConversionError) -> GrpcStatus {
+    e.problem().into_status()
+}
+
+#[tonic::async_trait]
+impl ConversionService for Conversions {
+    async fn report_conversion(
+        &self,
+        req: Request<pb::ReportConversionRequest>,
+    ) -> Result<Response<pb::ReportConversionResponse>, GrpcStatus> {
+        let caller = crossflow_api::partner(&req)?;
+        let r = req.into_inner();
+        let occurred_at_ms = match &r.occurred_at {
+            Some(t) => Some(millis(t).ok_or_else(|| {
+                crossflow_api::Problem::field(
+                    "INVALID_FIELD",
+                    "occurred_at",
+                    "must be a valid timestamp",
+                )
+                .into_status()
+            })?),
+            None => None,
+        };
+        let rec = self
+            .report(
+                &caller,
+                ReportRequest {
+                    order_id: r.order_id,
+                    subject: r.subject,
+                    amount_minor: r.amount_minor,
+                    currency: r.currency,
+                    category: r.category,
+                    occurred_at_ms,
+                    referral_id: r.referral_id,
+                },
+            )
+            .await
+            .map_err(refuse)?;
+        tracing::debug!(
+            conversion_id = %hex(&rec.conversion.conversion_id),
+            index = rec.entry.index,
+            replayed = rec.replayed,
+            held = rec.conversion.held,
+            "conversion reported"
+        );
+        Ok(Response::new(pb::ReportConversionResponse {
+            conversion: Some(conversion(&rec.conversion)),
+            entry: Some(entry_ref(&rec)),
+            replayed: rec.replayed,
+        }))
+    }
+
+    async fn update_conversion(
+        &self,
+        req: Request<pb::UpdateConversionRequest>,
+    ) -> Result<Response<pb::UpdateConversionResponse>, GrpcStatus> {
+        let caller = crossflow_api::partner(&req)?;
+        let r = req.into_inner();
+        let status = match ConversionStatus::try_from(r.status) {
+            Ok(ConversionStatus::Pending) => Some(Status::Pending),
+            Ok(ConversionStatus::Confirmed) => Some(Status::Confirmed),
+            Ok(ConversionStatus::Cancelled) => Some(Status::Cancelled),
+            Ok(ConversionStatus::Refunded) => Some(Status::Refunded),
+            Ok(ConversionStatus::Unspecified) | Err(_) => None,
+        };
+        let rec = self
+            .update(
+                &caller,
+                UpdateRequest {
+                    order_id: r.order_id,
+                    status,
+                    refund_minor: r.refund_minor,
+                    request_id: r.request_id,
+                },
+            )
+            .await
+            .map_err(refuse)?;
+        Ok(Response::new(pb::UpdateConversionResponse {
+            conversion: Some(conversion(&rec.conversion)),
+            entry: Some(entry_ref(&rec)),
+            replayed: rec.replayed,
+        }))
+    }
+
+    async fn get_conversion(
+        &self,
+        req: Request<pb::GetConversionRequest>,
+    ) -> Result<Response<pb::GetConversionResponse>, GrpcStatus> {
+        let caller = crossflow_api::partner(&req)?;
+        let c = self
+            .get(&caller, &req.get_ref().order_id)
+            .await
+            .map_err(refuse)?;
+        Ok(Response::new(pb::GetConversionResponse {
+            conversion: Some(conversion(&c)),
+        }))
+    }
+
+    async fn release_conversion(
+        &self,
+        req: Request<pb::ReleaseConversionRequest>,
+    ) -> Result<Response<pb::ReleaseConversionResponse>, GrpcStatus> {
+        let name = match crossflow_api::caller(&req)? {
+            Caller::Operator(name) => name,
+            Caller::Partner(_) => return Err(refuse(ConversionError::OperatorOnly)),
+        };
+        let r = req.into_inner();
+        let rec = self
+            .release(Releaser::Operator(&name), &r.conversion_id, &r.note)
+            .await
+            .map_err(refuse)?;
+        tracing::info!(
+            conversion_id = %r.conversion_id,
+            operator = %name,
+            index = rec.entry.index,
+            "held conversion released"
+        );
+        Ok(Response::new(pb::ReleaseConversionResponse {
+            conversion: Some(conversion(&rec.conversion)),
+            entry: Some(entry_ref(&rec)),
+        }))
+    }
+}

@@ -1,0 +1,617 @@
+//! Quotas: per-partner rate limits and daily caps per RPC class, and per
+//! agreement direction a daily referral cap and a reciprocity limit, all read
+//! from the running [`Settings`] on every call so a reload applies to the
+//! next call without resetting any state.
+//!
+//! - Rates are GCRA (generic cell rate algorithm) with one "theoretical
+//!   arrival time" per partner and class. We keep our own GCRA rather than
+//!   `governor`: governor's keyed limiter has one quota for all keys and no
+//!   way to change it live, and rebuilding it on reload would forget every
+//!   key's state. Here the quota is looked up per call, so a raised limit
+//!   applies at once and the partner keeps the credit it had. The retry hint
+//!   is exact: the time until the call would conform.
+//! - Daily caps count calls admitted in the local day of
+//!   `gateway.timezone`. Counters live in memory and are written behind to
+//!   the store ([`Quotas::flush`], every second from the gateway, and at
+//!   shutdown); a crash loses at most the increments of the last second,
+//!   i.e. a cap may admit up to one second more traffic after a crash. A
+//!   restart reads the day's counters back ([`Quotas::restore`]).
+//! - Hops (CreateReferral) are checked per agreement direction through
+//!   [`Quotas::admit_hop`], which the referral service calls once it knows
+//!   the destination (see `crossflow_referrals::HopGuard`): the flow's
+//!   `referrals_per_day`, and the agreement's `max_daily_imbalance` (the
+//!   caller's hops to the other side today minus the other side's hops to
+//!   the caller must stay within it). Hops count when minted.
+//! - Shadow mode (`shadow = true`, or a flow's `quota_shadow`) counts and
+//!   reports (metric `crossflow.quota.rejections{shadow=true}`, and one log
+//!   line per quota per day) but never rejects.
+//!
+//! Rejections are `RESOURCE_EXHAUSTED` with `QuotaFailure` (the quota's
+//! name, as in `GetQuotaStatus`, and its limit) and `RetryInfo`.
+#![forbid(unsafe_code)]
+
+mod day;
+pub mod grpc;
+mod layer;
+#[cfg(test)]
+mod tests;
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, Instant, SystemTime},
+};
+
+use crossflow_api::{Kind, Problem, QuotaViolation};
+use crossflow_settings::{QuotaClass, Settings, SettingsHandle, raw};
+use crossflow_store::{QuotaCounterStore, StoreError};
+
+pub use day::DayClock;
+pub use layer::{QuotaGate, QuotaLayer, class_of};
+
+/// A daily quota is "near its limit" past this fraction (per mille).
+const NEAR_LIMIT_PER_MILLE: u64 = 900;
+/// Days of counters kept in the store (older ones are deleted on flush).
+const KEEP_DAYS: i64 = 7;
+
+/// The name of a class as in the config file.
+pub fn class_name(c: QuotaClass) -> &'static str {
+    match c {
+        QuotaClass::Referrals => "referrals",
+        QuotaClass::Tags => "tags",
+        QuotaClass::Conversions => "conversions",
+        QuotaClass::LedgerReads => "ledger_reads",
+    }
+}
+
+fn class_index(c: QuotaClass) -> usize {
+    match c {
+        QuotaClass::Referrals => 0,
+        QuotaClass::Tags => 1,
+        QuotaClass::Conversions => 2,
+        QuotaClass::LedgerReads => 3,
+    }
+}
+
+/// Kinds of quota, as named in metrics and `GetQuotaStatus`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaKind {
+    Rate,
+    DailyCap,
+    ReferralsPerDay,
+    Reciprocity,
+}
+
+impl QuotaKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QuotaKind::Rate => "rate",
+            QuotaKind::DailyCap => "daily_cap",
+            QuotaKind::ReferralsPerDay => "referrals_per_day",
+            QuotaKind::Reciprocity => "reciprocity",
+        }
+    }
+}
+
+/// Where a partner stands against one quota.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Standing {
+    /// Stable name, also the `QuotaFailure` subject.
+    pub quota: String,
+    pub kind: QuotaKind,
+    pub class: Option<QuotaClass>,
+    pub agreement_id: String,
+    pub to_partner: String,
+    pub limit: u64,
+    pub remaining: u64,
+    pub used: u64,
+    /// Unix ms when `remaining` is back to `limit`.
+    pub reset_at_ms: i64,
+    pub rate_per_sec: u32,
+    pub shadow: bool,
+}
+
+/// A partner's report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub partner: String,
+    pub day: String,
+    pub timezone: String,
+    pub quotas: Vec<Standing>,
+}
+
+/// The quota engine. One per gateway; share it with `Arc`.
+#[derive(Debug)]
+pub struct Quotas {
+    settings: SettingsHandle,
+    epoch: Instant,
+    /// Partner -> GCRA theoretical arrival time per class, in ns since
+    /// `epoch` (0 = never called). A lock per partner: one partner's flood
+    /// never waits on another's.
+    cells: RwLock<HashMap<String, Arc<Mutex<[u64; 4]>>>>,
+    daily: Mutex<Daily>,
+}
+
+#[derive(Debug)]
+struct Daily {
+    clock: DayClock,
+    counts: HashMap<String, u64>,
+    /// Keys already reported near their limit today.
+    near: HashSet<String>,
+    /// Keys whose shadow overrun was already logged today.
+    shadow_logged: HashSet<String>,
+    /// Not yet persisted, by day.
+    dirty: BTreeMap<String, HashMap<String, u64>>,
+}
+
+/// Why a quota refused a call, before it becomes a [`Problem`].
+#[derive(Debug)]
+struct Over {
+    kind: QuotaKind,
+    class: &'static str,
+    subject: String,
+    description: String,
+    retry_after: Duration,
+    limit: u64,
+}
+
+// === impl Quotas ===
+
+impl Quotas {
+    pub fn new(settings: SettingsHandle) -> Quotas {
+        let tz = settings.get().gateway.timezone.clone();
+        Quotas {
+            settings,
+            epoch: Instant::now(),
+            cells: RwLock::default(),
+            daily: Mutex::new(Daily {
+                clock: DayClock::new(&tz),
+                counts: HashMap::new(),
+                near: HashSet::new(),
+                shadow_logged: HashSet::new(),
+                dirty: BTreeMap::new(),
+            }),
+        }
+    }
+
+    /// Admits or refuses one call of `class` by `partner`, now.
+    pub fn admit(&self, partner: &str, class: QuotaClass) -> Result<(), Problem> {
+        self.admit_at(partner, class, Instant::now(), wall_ms())
+    }
+
+    /// [`Quotas::admit`] at a given instant (monotonic, for the rate) and
+    /// Unix ms (for the day), for tests.
+    pub fn admit_at(
+        &self,
+        partner: &str,
+        class: QuotaClass,
+        now: Instant,
+        now_ms: i64,
+    ) -> Result<(), Problem> {
+        let settings = self.settings.get();
+        let Some(q) = settings.partner(partner).and_then(|p| p.quotas.get(&class)) else {
+            return Ok(());
+        };
+        let cname = class_name(class);
+        let now_ns = self.ns(now);
+        let cell = self.cell(partner);
+        let mut tats = cell.lock().map_err(|_| poisoned())?;
+        let tat = &mut tats[class_index(class)];
+
+        // Daily first: a call refused for the day must not use rate credit.
+        let key = format!("partner/{partner}/{cname}");
+        let mut daily = self.daily.lock().map_err(|_| poisoned())?;
+        daily.roll(&settings, now_ms);
+        let used = daily.count(&key);
+        if let Some(cap) = q.daily_cap
+            && used >= cap
+        {
+            let over = Over {
+                kind: QuotaKind::DailyCap,
+                class: cname,
+                subject: format!("partner:{partner}/{cname}/daily_cap"),
+                description: format!(
+                    "{cap} {cname} calls per local day ({}) for partner {partner}",
+                    settings.gateway.timezone
+                ),
+                retry_after: daily.clock.until_next_day(now_ms),
+                limit: cap,
+            };
+            if !q.shadow {
+                return Err(over.reject());
+            }
+            daily.shadowed(&over);
+        }
+
+        // GCRA: conforming iff the new arrival time is within burst * T.
+        let t = 1_000_000_000 / u64::from(q.rate_per_sec.max(1));
+        let tau = t.saturating_mul(u64::from(q.burst.max(1)));
+        let new_tat = (*tat).max(now_ns).saturating_add(t);
+        let ahead = new_tat - now_ns;
+        if ahead > tau {
+            let over = Over {
+                kind: QuotaKind::Rate,
+                class: cname,
+                subject: format!("partner:{partner}/{cname}/rate"),
+                description: format!(
+                    "{} {cname} calls per second, at most {} at once, for partner {partner}",
+                    q.rate_per_sec, q.burst
+                ),
+                retry_after: Duration::from_nanos(ahead - tau),
+                limit: u64::from(q.burst),
+            };
+            if !q.shadow {
+                return Err(over.reject());
+            }
+            daily.shadowed(&over);
+            // Let it through, but keep no more debt than a full burst: a
+            // limit switched from shadow to enforced starts fair.
+            *tat = new_tat.min(now_ns.saturating_add(tau));
+        } else {
+            *tat = new_tat;
+        }
+        let n = daily.add(&key);
+        if let Some(cap) = q.daily_cap {
+            daily.near_limit(&key, n, cap, QuotaKind::DailyCap, cname);
+        }
+        Ok(())
+    }
+
+    /// Admits or refuses one referral hop `flow.from -> flow.to` under
+    /// `agreement`, counting it when admitted.
+    pub fn admit_hop(&self, agreement: &raw::Agreement, flow: &raw::Flow) -> Result<(), Problem> {
+        self.admit_hop_at(agreement, flow, wall_ms())
+    }
+
+    /// [`Quotas::admit_hop`] at a given Unix ms, for tests.
+    pub fn admit_hop_at(
+        &self,
+        agreement: &raw::Agreement,
+        flow: &raw::Flow,
+        now_ms: i64,
+    ) -> Result<(), Problem> {
+        if flow.referrals_per_day.is_none() && agreement.max_daily_imbalance.is_none() {
+            return Ok(());
+        }
+        let settings = self.settings.get();
+        let (from, to, ag) = (&flow.from, &flow.to, &agreement.id);
+        let out_key = format!("flow/{from}/{to}");
+        let in_key = format!("flow/{to}/{from}");
+        let mut daily = self.daily.lock().map_err(|_| poisoned())?;
+        daily.roll(&settings, now_ms);
+        let out = daily.count(&out_key);
+        let inn = daily.count(&in_key);
+        let mut overs = Vec::new();
+        if let Some(cap) = flow.referrals_per_day
+            && out >= cap
+        {
+            overs.push(Over {
+                kind: QuotaKind::ReferralsPerDay,
+                class: "referrals",
+                subject: format!("agreement:{ag}/{from}->{to}/referrals_per_day"),
+                description: format!(
+                    "{cap} hops per local day ({}) from {from} to {to} under agreement {ag}",
+                    settings.gateway.timezone
+                ),
+                retry_after: daily.clock.until_next_day(now_ms),
+                limit: cap,
+            });
+        }
+        if let Some(m) = agreement.max_daily_imbalance
+            && out + 1 > inn.saturating_add(m)
+        {
+            overs.push(Over {
+                kind: QuotaKind::Reciprocity,
+                class: "referrals",
+                subject: format!("agreement:{ag}/{from}->{to}/reciprocity"),
+                description: format!(
+                    "{from}'s hops to {to} may exceed {to}'s hops to {from} by at most {m} per local day (today {out} vs {inn})"
+                ),
+                retry_after: daily.clock.until_next_day(now_ms),
+                limit: m,
+            });
+        }
+        if !overs.is_empty() {
+            if !flow.quota_shadow {
+                return Err(reject_all(overs));
+            }
+            for o in &overs {
+                daily.shadowed(o);
+            }
+        }
+        let n = daily.add(&out_key);
+        if let Some(cap) = flow.referrals_per_day {
+            daily.near_limit(&out_key, n, cap, QuotaKind::ReferralsPerDay, "referrals");
+        }
+        Ok(())
+    }
+
+    /// Where `partner` stands against every quota that applies to it.
+    pub fn report(&self, partner: &str) -> Report {
+        self.report_at(partner, Instant::now(), wall_ms())
+    }
+
+    pub fn report_at(&self, partner: &str, now: Instant, now_ms: i64) -> Report {
+        let settings = self.settings.get();
+        let now_ns = self.ns(now);
+        let mut quotas = Vec::new();
+        let tats = self
+            .cells
+            .read()
+            .ok()
+            .and_then(|c| c.get(partner).cloned())
+            .and_then(|c| c.lock().ok().map(|t| *t))
+            .unwrap_or_default();
+        let mut daily = match self.daily.lock() {
+            Ok(d) => d,
+            Err(p) => p.into_inner(),
+        };
+        daily.roll(&settings, now_ms);
+        let next_day_ms = now_ms + daily.clock.until_next_day(now_ms).as_millis() as i64;
+        if let Some(p) = settings.partner(partner) {
+            for (class, q) in &p.quotas {
+                let cname = class_name(*class);
+                let t = 1_000_000_000 / u64::from(q.rate_per_sec.max(1));
+                let burst = u64::from(q.burst.max(1));
+                let tau = t.saturating_mul(burst);
+                let debt = tats[class_index(*class)].saturating_sub(now_ns);
+                let remaining = tau.saturating_sub(debt) / t;
+                quotas.push(Standing {
+                    quota: format!("partner:{partner}/{cname}/rate"),
+                    kind: QuotaKind::Rate,
+                    class: Some(*class),
+                    agreement_id: String::new(),
+                    to_partner: String::new(),
+                    limit: burst,
+                    remaining: remaining.min(burst),
+                    used: 0,
+                    reset_at_ms: now_ms + (debt / 1_000_000) as i64,
+                    rate_per_sec: q.rate_per_sec,
+                    shadow: q.shadow,
+                });
+            }
+            for (class, q) in &p.quotas {
+                let Some(cap) = q.daily_cap else { continue };
+                let cname = class_name(*class);
+                let used = daily.count(&format!("partner/{partner}/{cname}"));
+                quotas.push(Standing {
+                    quota: format!("partner:{partner}/{cname}/daily_cap"),
+                    kind: QuotaKind::DailyCap,
+                    class: Some(*class),
+                    agreement_id: String::new(),
+                    to_partner: String::new(),
+                    limit: cap,
+                    remaining: cap.saturating_sub(used),
+                    used,
+                    reset_at_ms: next_day_ms,
+                    rate_per_sec: 0,
+                    shadow: q.shadow,
+                });
+            }
+        }
+        for ag in &settings.agreements {
+            for f in ag.flows.iter().filter(|f| f.from == partner) {
+                let to = &f.to;
+                let out = daily.count(&format!("flow/{partner}/{to}"));
+                let inn = daily.count(&format!("flow/{to}/{partner}"));
+                if let Some(cap) = f.referrals_per_day {
+                    quotas.push(Standing {
+                        quota: format!("agreement:{}/{partner}->{to}/referrals_per_day", ag.id),
+                        kind: QuotaKind::ReferralsPerDay,
+                        class: Some(QuotaClass::Referrals),
+                        agreement_id: ag.id.clone(),
+                        to_partner: to.clone(),
+                        limit: cap,
+                        remaining: cap.saturating_sub(out),
+                        used: out,
+                        reset_at_ms: next_day_ms,
+                        rate_per_sec: 0,
+                        shadow: f.quota_shadow,
+                    });
+                }
+                if let Some(m) = ag.max_daily_imbalance {
+                    let excess = out.saturating_sub(inn);
+                    quotas.push(Standing {
+                        quota: format!("agreement:{}/{partner}->{to}/reciprocity", ag.id),
+                        kind: QuotaKind::Reciprocity,
+                        class: Some(QuotaClass::Referrals),
+                        agreement_id: ag.id.clone(),
+                        to_partner: to.clone(),
+                        limit: m,
+                        remaining: (inn + m).saturating_sub(out),
+                        used: excess,
+                        reset_at_ms: next_day_ms,
+                        rate_per_sec: 0,
+                        shadow: f.quota_shadow,
+                    });
+                }
+            }
+        }
+        Report {
+            partner: partner.to_owned(),
+            day: daily.clock.day().to_owned(),
+            timezone: settings.gateway.timezone.clone(),
+            quotas,
+        }
+    }
+
+    /// Reads today's counters from `store` and adds them to memory. Call
+    /// once at start, before serving.
+    pub async fn restore<S: QuotaCounterStore>(&self, store: &S) -> Result<(), StoreError> {
+        let settings = self.settings.get();
+        let day = {
+            let mut d = self.daily.lock().map_err(|_| StoreError::Closed)?;
+            d.roll(&settings, wall_ms());
+            d.clock.day().to_owned()
+        };
+        let stored = store.day_counters(&day).await?;
+        let mut d = self.daily.lock().map_err(|_| StoreError::Closed)?;
+        if d.clock.day() == day {
+            for (k, n) in stored {
+                *d.counts.entry(k).or_default() += n;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the counted-but-unwritten increments to `store` (one write
+    /// per day touched). On failure they are kept for the next flush.
+    pub async fn flush<S: QuotaCounterStore>(&self, store: &S) -> Result<(), StoreError> {
+        let (dirty, keep_from) = {
+            let mut d = self.daily.lock().map_err(|_| StoreError::Closed)?;
+            (std::mem::take(&mut d.dirty), d.clock.day_minus(KEEP_DAYS))
+        };
+        let mut failed = None;
+        for (day, deltas) in dirty {
+            let list: Vec<(String, u64)> = deltas.iter().map(|(k, n)| (k.clone(), *n)).collect();
+            if let Err(e) = store.add_counters(&day, list, &keep_from).await {
+                if let Ok(mut d) = self.daily.lock() {
+                    let slot = d.dirty.entry(day).or_default();
+                    for (k, n) in deltas {
+                        *slot.entry(k).or_default() += n;
+                    }
+                }
+                failed = Some(e);
+            }
+        }
+        failed.map_or(Ok(()), Err)
+    }
+
+    fn cell(&self, partner: &str) -> Arc<Mutex<[u64; 4]>> {
+        if let Some(c) = self.cells.read().ok().and_then(|c| c.get(partner).cloned()) {
+            return c;
+        }
+        match self.cells.write() {
+            Ok(mut c) => c.entry(partner.to_owned()).or_default().clone(),
+            Err(_) => Arc::default(),
+        }
+    }
+
+    fn ns(&self, now: Instant) -> u64 {
+        // +1: 0 means "never called".
+        now.saturating_duration_since(self.epoch).as_nanos() as u64 + 1
+    }
+}
+
+// === impl Daily ===
+
+impl Daily {
+    /// Moves to the day of `now_ms` (in the configured zone), starting its
+    /// counts from zero when the day changed.
+    fn roll(&mut self, settings: &Settings, now_ms: i64) {
+        if self.clock.advance(&settings.gateway.timezone, now_ms) {
+            self.counts.clear();
+            self.near.clear();
+            self.shadow_logged.clear();
+        }
+    }
+
+    fn count(&self, key: &str) -> u64 {
+        self.counts.get(key).copied().unwrap_or(0)
+    }
+
+    fn add(&mut self, key: &str) -> u64 {
+        let n = self.counts.entry(key.to_owned()).or_default();
+        *n += 1;
+        let n = *n;
+        let day = self.clock.day().to_owned();
+        *self
+            .dirty
+            .entry(day)
+            .or_default()
+            .entry(key.to_owned())
+            .or_default() += 1;
+        n
+    }
+
+    fn near_limit(&mut self, key: &str, n: u64, cap: u64, kind: QuotaKind, class: &'static str) {
+        if n.saturating_mul(1000) >= cap.saturating_mul(NEAR_LIMIT_PER_MILLE)
+            && self.near.insert(key.to_owned())
+        {
+            tracing::warn!(quota = key, used = n, limit = cap, kind = kind.as_str(), "quota near its daily limit");
+            crossflow_api::metrics::get().quota_near_limit(kind.as_str(), class);
+        }
+    }
+
+    fn shadowed(&mut self, over: &Over) {
+        crossflow_api::metrics::get().quota_rejected(over.kind.as_str(), over.class, true);
+        if self.shadow_logged.insert(over.subject.clone()) {
+            tracing::warn!(
+                quota = %over.subject,
+                limit = over.limit,
+                "quota exceeded in shadow mode: let through (logged once per quota per day)"
+            );
+        }
+    }
+}
+
+// === impl Over ===
+
+impl Over {
+    fn reject(self) -> Problem {
+        reject_all(vec![self])
+    }
+}
+
+fn reject_all(overs: Vec<Over>) -> Problem {
+    let reason = match overs.first().map(|o| o.kind) {
+        Some(QuotaKind::Rate) => "RATE_LIMITED",
+        Some(QuotaKind::DailyCap) => "DAILY_CAP_REACHED",
+        Some(QuotaKind::ReferralsPerDay) => "REFERRALS_PER_DAY_REACHED",
+        _ => "RECIPROCITY_LIMIT_REACHED",
+    };
+    let retry = overs.iter().map(|o| o.retry_after).max().unwrap_or_default();
+    let message = overs
+        .iter()
+        .map(|o| format!("quota {} exceeded: {}", o.subject, o.description))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let mut p = Problem::new(Kind::ResourceExhausted, reason, message).retry_after(retry);
+    for o in overs {
+        crossflow_api::metrics::get().quota_rejected(o.kind.as_str(), o.class, false);
+        p = p
+            .with("quota", o.subject.clone())
+            .with("limit", o.limit.to_string());
+        p.quota.push(QuotaViolation {
+            subject: o.subject,
+            description: format!("limit {}: {}", o.limit, o.description),
+        });
+    }
+    p
+}
+
+// The referral service asks before minting a hop.
+impl crossflow_referrals::HopGuard for Quotas {
+    fn admit_hop(&self, agreement: &raw::Agreement, flow: &raw::Flow) -> Result<(), Problem> {
+        Quotas::admit_hop(self, agreement, flow)
+    }
+}
+
+/// Writes counters behind every `every` until aborted (see [`Quotas::flush`];
+/// a failed flush is logged and retried on the next tick).
+pub fn spawn_flusher<S: QuotaCounterStore>(
+    quotas: Arc<Quotas>,
+    store: S,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = quotas.flush(&store).await {
+                tracing::error!(error = %e, "writing quota counters failed; retrying");
+            }
+        }
+    })
+}
+
+fn poisoned() -> Problem {
+    Problem::internal(&"quota state lock poisoned")
+}
+
+fn wall_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

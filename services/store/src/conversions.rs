@@ -1,0 +1,405 @@
+//! Conversions: orders reported by partners, their lifecycle, and where each
+//! of their ledger entries landed.
+//!
+//! These are plain functions on a [`Connection`] rather than a trait with its
+//! own `db.write`: a conversion row must commit or roll back together with
+//! its ledger entry, so the conversions service calls them inside the same
+//! write closure as `ledger::sequence`.
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use crate::{Migration, Sqlite, StoreError};
+
+pub(crate) const MIGRATION: Migration = Migration {
+    name: "0004_conversions",
+    sql: "
+CREATE TABLE conversions (
+    conversion_id    BLOB PRIMARY KEY,
+    reporter         TEXT NOT NULL,
+    order_id         TEXT NOT NULL,
+    buyer_uid        BLOB NOT NULL,
+    amount_minor     INTEGER NOT NULL,
+    currency         TEXT NOT NULL,
+    category         TEXT NOT NULL,
+    occurred_at_ms   INTEGER NOT NULL,
+    referral_id      BLOB,
+    recorded_at_ms   INTEGER NOT NULL,
+    status           TEXT NOT NULL,
+    model            TEXT NOT NULL,
+    touches          INTEGER NOT NULL,
+    commission_minor INTEGER NOT NULL,
+    payouts          TEXT NOT NULL,
+    refunded_minor   INTEGER NOT NULL,
+    held             INTEGER NOT NULL,
+    hold_reason      TEXT NOT NULL,
+    confirmed_at_ms  INTEGER,
+    report_index     INTEGER NOT NULL,
+    report_leaf      BLOB NOT NULL,
+    latest_index     INTEGER NOT NULL,
+    UNIQUE (reporter, order_id)
+) STRICT;
+-- Every update (confirm, cancel, refund, release) with its ledger entry.
+CREATE TABLE conversion_updates (
+    conversion_id  BLOB NOT NULL,
+    seq            INTEGER NOT NULL,
+    event          TEXT NOT NULL,
+    request_id     TEXT NOT NULL,
+    refund_minor   INTEGER NOT NULL,
+    entry_index    INTEGER NOT NULL,
+    leaf_hash      BLOB NOT NULL,
+    recorded_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (conversion_id, seq)
+) STRICT;
+-- Fraud velocity: a buyer's landings at one partner within an hour use
+-- landings_by_dest; held conversions are listed by this index.
+CREATE INDEX conversions_held ON conversions (held, reporter);
+",
+};
+
+/// A conversion as stored. Raw subjects are never stored: `buyer_uid` is the
+/// reporter's HMAC uid of the buyer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversionRecord {
+    pub conversion_id: [u8; 16],
+    pub reporter: String,
+    pub order_id: String,
+    pub buyer_uid: [u8; 32],
+    pub amount_minor: i64,
+    pub currency: String,
+    pub category: String,
+    pub occurred_at_ms: i64,
+    /// The referral the reporter asked to attribute to, if any.
+    pub referral_id: Option<[u8; 16]>,
+    pub recorded_at_ms: i64,
+    /// `pending`, `confirmed`, `cancelled` or `refunded`.
+    pub status: String,
+    /// Attribution model name used at report time.
+    pub model: String,
+    pub touches: u32,
+    pub commission_minor: i64,
+    /// What each payee earns from this conversion before any reversal, one
+    /// entry per partner, in the order of the report entry's postings.
+    pub payouts: Vec<(String, i64)>,
+    /// Sum of refunds so far.
+    pub refunded_minor: i64,
+    /// Held and not released: postings not yet made.
+    pub held: bool,
+    /// Why it was (or is) held; empty if never.
+    pub hold_reason: String,
+    pub confirmed_at_ms: Option<i64>,
+    pub report_index: u64,
+    pub report_leaf: [u8; 32],
+    pub latest_index: u64,
+}
+
+/// One update of a conversion and its ledger entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpdateRecord {
+    pub conversion_id: [u8; 16],
+    pub seq: u32,
+    /// `confirmed`, `cancelled`, `refunded` or `released`.
+    pub event: String,
+    /// The caller's idempotency key; empty if none.
+    pub request_id: String,
+    /// Refund requested (0 = "all that is left" or not a refund).
+    pub refund_minor: i64,
+    pub entry_index: u64,
+    pub leaf_hash: [u8; 32],
+    pub recorded_at_ms: i64,
+}
+
+const COLUMNS: &str = "conversion_id, reporter, order_id, buyer_uid, amount_minor, currency, \
+    category, occurred_at_ms, referral_id, recorded_at_ms, status, model, touches, \
+    commission_minor, payouts, refunded_minor, held, hold_reason, confirmed_at_ms, \
+    report_index, report_leaf, latest_index";
+
+const UPDATE_COLUMNS: &str = "conversion_id, seq, event, request_id, refund_minor, entry_index, \
+    leaf_hash, recorded_at_ms";
+
+/// Inserts a new conversion. Fails on a duplicate (reporter, order_id).
+pub fn insert(conn: &Connection, c: &ConversionRecord) -> Result<(), StoreError> {
+    let sql = format!(
+        "INSERT INTO conversions ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, \
+         ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)"
+    );
+    conn.prepare_cached(&sql)?.execute(params![
+        &c.conversion_id[..],
+        c.reporter,
+        c.order_id,
+        &c.buyer_uid[..],
+        c.amount_minor,
+        c.currency,
+        c.category,
+        c.occurred_at_ms,
+        c.referral_id.as_ref().map(|r| &r[..]),
+        c.recorded_at_ms,
+        c.status,
+        c.model,
+        c.touches,
+        c.commission_minor,
+        encode_payouts(&c.payouts),
+        c.refunded_minor,
+        c.held,
+        c.hold_reason,
+        c.confirmed_at_ms,
+        to_i64(c.report_index)?,
+        &c.report_leaf[..],
+        to_i64(c.latest_index)?,
+    ])?;
+    Ok(())
+}
+
+/// Writes the mutable state of a conversion (status, refunds, hold, latest
+/// entry) back.
+pub fn update_state(conn: &Connection, c: &ConversionRecord) -> Result<(), StoreError> {
+    let n = conn
+        .prepare_cached(
+            "UPDATE conversions SET status = ?2, refunded_minor = ?3, held = ?4, \
+             confirmed_at_ms = ?5, latest_index = ?6 WHERE conversion_id = ?1",
+        )?
+        .execute(params![
+            &c.conversion_id[..],
+            c.status,
+            c.refunded_minor,
+            c.held,
+            c.confirmed_at_ms,
+            to_i64(c.latest_index)?,
+        ])?;
+    if n != 1 {
+        return Err(StoreError::Corrupt(format!(
+            "conversion {} vanished during an update",
+            hex(&c.conversion_id)
+        )));
+    }
+    Ok(())
+}
+
+/// A conversion by id.
+pub fn select(conn: &Connection, id: &[u8; 16]) -> Result<Option<ConversionRecord>, StoreError> {
+    let sql = format!("SELECT {COLUMNS} FROM conversions WHERE conversion_id = ?1");
+    conn.prepare_cached(&sql)?
+        .query_row([&id[..]], |r| Ok(from_row(r)))
+        .optional()?
+        .transpose()
+}
+
+/// A conversion by its reporter's order id.
+pub fn select_by_order(
+    conn: &Connection,
+    reporter: &str,
+    order_id: &str,
+) -> Result<Option<ConversionRecord>, StoreError> {
+    let sql = format!("SELECT {COLUMNS} FROM conversions WHERE reporter = ?1 AND order_id = ?2");
+    conn.prepare_cached(&sql)?
+        .query_row([reporter, order_id], |r| Ok(from_row(r)))
+        .optional()?
+        .transpose()
+}
+
+/// The ledger index of the latest entry about (reporter, order_id): the
+/// report, or its latest update. For receipts by order id.
+pub fn latest_entry_index(
+    conn: &Connection,
+    reporter: &str,
+    order_id: &str,
+) -> Result<Option<u64>, StoreError> {
+    let v: Option<i64> = conn
+        .prepare_cached("SELECT latest_index FROM conversions WHERE reporter = ?1 AND order_id = ?2")?
+        .query_row([reporter, order_id], |r| r.get(0))
+        .optional()?;
+    v.map(to_u64).transpose()
+}
+
+/// Records an update; `seq` must be the next one (see [`updates`]).
+pub fn insert_update(conn: &Connection, u: &UpdateRecord) -> Result<(), StoreError> {
+    let sql = format!(
+        "INSERT INTO conversion_updates ({UPDATE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+    );
+    conn.prepare_cached(&sql)?.execute(params![
+        &u.conversion_id[..],
+        u.seq,
+        u.event,
+        u.request_id,
+        u.refund_minor,
+        to_i64(u.entry_index)?,
+        &u.leaf_hash[..],
+        u.recorded_at_ms,
+    ])?;
+    Ok(())
+}
+
+/// Every update of a conversion, oldest first.
+pub fn updates(conn: &Connection, id: &[u8; 16]) -> Result<Vec<UpdateRecord>, StoreError> {
+    let sql = format!(
+        "SELECT {UPDATE_COLUMNS} FROM conversion_updates WHERE conversion_id = ?1 ORDER BY seq"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map([&id[..]], |r| Ok(update_from_row(r)))?;
+    let mut out = Vec::new();
+    for r in rows {
+        out.push(r??);
+    }
+    Ok(out)
+}
+
+/// How many landings of `dest_uid` at `to_partner` were redeemed in
+/// `[from_ms, to_ms]`. For the landing-velocity fraud rule.
+pub fn count_landings(
+    conn: &Connection,
+    to_partner: &str,
+    dest_uid: &[u8; 32],
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<u64, StoreError> {
+    let n: i64 = conn
+        .prepare_cached(
+            "SELECT COUNT(*) FROM landings WHERE to_partner = ?1 AND dest_uid = ?2 \
+             AND redeemed_at_ms >= ?3 AND redeemed_at_ms <= ?4",
+        )?
+        .query_row(params![to_partner, &dest_uid[..], from_ms, to_ms], |r| {
+            r.get(0)
+        })?;
+    to_u64(n)
+}
+
+/// Landings of `dest_uid` at `to_partner` redeemed in `[from_ms, to_ms]`,
+/// oldest first (ties by referral id): attribution's candidate touches.
+pub fn landings_in_window(
+    conn: &Connection,
+    to_partner: &str,
+    dest_uid: &[u8; 32],
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<Vec<crate::Landing>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT referral_id FROM landings WHERE to_partner = ?1 AND dest_uid = ?2 \
+         AND redeemed_at_ms >= ?3 AND redeemed_at_ms <= ?4 ORDER BY redeemed_at_ms, referral_id",
+    )?;
+    let ids = stmt.query_map(params![to_partner, &dest_uid[..], from_ms, to_ms], |r| {
+        r.get::<_, Vec<u8>>(0)
+    })?;
+    let mut out = Vec::new();
+    for id in ids {
+        let id: [u8; 16] = fixed(id?, "referral_id")?;
+        if let Some(l) = crate::landings::select(conn, &id)? {
+            out.push(l);
+        }
+    }
+    Ok(out)
+}
+
+// === impl Sqlite ===
+
+impl Sqlite {
+    /// [`latest_entry_index`] on a reader.
+    pub async fn latest_conversion_entry(
+        &self,
+        reporter: &str,
+        order_id: &str,
+    ) -> Result<Option<u64>, StoreError> {
+        let (reporter, order_id) = (reporter.to_owned(), order_id.to_owned());
+        self.db
+            .read(move |conn| latest_entry_index(conn, &reporter, &order_id))
+            .await
+    }
+}
+
+fn from_row(r: &Row<'_>) -> Result<ConversionRecord, StoreError> {
+    Ok(ConversionRecord {
+        conversion_id: fixed(r.get::<_, Vec<u8>>(0)?, "conversion_id")?,
+        reporter: r.get(1)?,
+        order_id: r.get(2)?,
+        buyer_uid: fixed(r.get::<_, Vec<u8>>(3)?, "buyer_uid")?,
+        amount_minor: r.get(4)?,
+        currency: r.get(5)?,
+        category: r.get(6)?,
+        occurred_at_ms: r.get(7)?,
+        referral_id: r
+            .get::<_, Option<Vec<u8>>>(8)?
+            .map(|v| fixed(v, "referral_id"))
+            .transpose()?,
+        recorded_at_ms: r.get(9)?,
+        status: r.get(10)?,
+        model: r.get(11)?,
+        touches: r.get(12)?,
+        commission_minor: r.get(13)?,
+        payouts: decode_payouts(&r.get::<_, String>(14)?)?,
+        refunded_minor: r.get(15)?,
+        held: r.get(16)?,
+        hold_reason: r.get(17)?,
+        confirmed_at_ms: r.get(18)?,
+        report_index: to_u64(r.get(19)?)?,
+        report_leaf: fixed(r.get::<_, Vec<u8>>(20)?, "report_leaf")?,
+        latest_index: to_u64(r.get(21)?)?,
+    })
+}
+
+fn update_from_row(r: &Row<'_>) -> Result<UpdateRecord, StoreError> {
+    Ok(UpdateRecord {
+        conversion_id: fixed(r.get::<_, Vec<u8>>(0)?, "conversion_id")?,
+        seq: r.get(1)?,
+        event: r.get(2)?,
+        request_id: r.get(3)?,
+        refund_minor: r.get(4)?,
+        entry_index: to_u64(r.get(5)?)?,
+        leaf_hash: fixed(r.get::<_, Vec<u8>>(6)?, "leaf_hash")?,
+        recorded_at_ms: r.get(7)?,
+    })
+}
+
+/// `partner=amount,partner=amount`: partner ids are slugs (no '=' or ',').
+fn encode_payouts(p: &[(String, i64)]) -> String {
+    p.iter()
+        .map(|(who, amount)| format!("{who}={amount}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn decode_payouts(s: &str) -> Result<Vec<(String, i64)>, StoreError> {
+    if s.is_empty() {
+        return Ok(Vec::new());
+    }
+    s.split(',')
+        .map(|part| {
+            let (who, amount) = part
+                .split_once('=')
+                .ok_or_else(|| StoreError::Corrupt(format!("payout {part:?}")))?;
+            let amount = amount
+                .parse::<i64>()
+                .map_err(|_| StoreError::Corrupt(format!("payout {part:?}")))?;
+            Ok((who.to_owned(), amount))
+        })
+        .collect()
+}
+
+fn to_i64(v: u64) -> Result<i64, StoreError> {
+    i64::try_from(v).map_err(|_| StoreError::Corrupt(format!("index {v} exceeds i64")))
+}
+
+fn to_u64(v: i64) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("negative index {v}")))
+}
+
+fn fixed<const N: usize>(v: Vec<u8>, what: &str) -> Result<[u8; N], StoreError> {
+    v.try_into().map_err(|v: Vec<u8>| {
+        StoreError::Corrupt(format!("{what} has {} bytes, want {N}", v.len()))
+    })
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payouts_round_trip() {
+        let p = vec![("alpha".to_owned(), 120), ("beta-2".to_owned(), 0)];
+        assert_eq!(decode_payouts(&encode_payouts(&p)).unwrap(), p);
+        assert_eq!(decode_payouts("").unwrap(), vec![]);
+        assert!(decode_payouts("alpha").is_err());
+        assert!(decode_payouts("alpha=x").is_err());
+    }
+}

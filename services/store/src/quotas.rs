@@ -1,0 +1,124 @@
+//! Daily quota counters: how many calls (or hops) each quota key has used in
+//! one local day. Written behind (a batch of deltas per flush, not a write
+//! per call) by `crossflow-quota`, read back at start so a restart does not
+//! reset a day's caps.
+
+use std::future::Future;
+
+use rusqlite::params;
+
+use crate::{Migration, Sqlite, StoreError};
+
+pub(crate) const MIGRATION: Migration = Migration {
+    name: "0003_quota_counters",
+    sql: "
+CREATE TABLE quota_counters (
+    day   TEXT NOT NULL,
+    key   TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (day, key)
+) STRICT;
+",
+};
+
+/// Storage of daily quota counters. `day` is a local date `YYYY-MM-DD`;
+/// `key` names one counter (the quota crate decides the scheme).
+pub trait QuotaCounterStore: Send + Sync + 'static {
+    /// Every counter of `day`.
+    fn day_counters(
+        &self,
+        day: &str,
+    ) -> impl Future<Output = Result<Vec<(String, u64)>, StoreError>> + Send;
+
+    /// Adds each delta to its counter of `day` in one durable write, and
+    /// forgets days before `keep_from` (same format, compared as text).
+    fn add_counters(
+        &self,
+        day: &str,
+        deltas: Vec<(String, u64)>,
+        keep_from: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+impl QuotaCounterStore for Sqlite {
+    async fn day_counters(&self, day: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        let day = day.to_owned();
+        self.db
+            .read(move |c| {
+                let mut st = c.prepare_cached(
+                    "SELECT key, count FROM quota_counters WHERE day = ?1 ORDER BY key",
+                )?;
+                let rows = st.query_map([&day], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                })?;
+                let mut out = Vec::new();
+                for row in rows {
+                    let (k, n) = row?;
+                    let n = u64::try_from(n)
+                        .map_err(|_| StoreError::Corrupt(format!("quota counter {k} is {n}")))?;
+                    out.push((k, n));
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    async fn add_counters(
+        &self,
+        day: &str,
+        deltas: Vec<(String, u64)>,
+        keep_from: &str,
+    ) -> Result<(), StoreError> {
+        let day = day.to_owned();
+        let keep_from = keep_from.to_owned();
+        self.db
+            .write(move |c| {
+                let mut st = c.prepare_cached(
+                    "INSERT INTO quota_counters (day, key, count) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (day, key) DO UPDATE SET count = count + excluded.count",
+                )?;
+                for (k, n) in &deltas {
+                    let n = i64::try_from(*n).unwrap_or(i64::MAX);
+                    st.execute(params![day, k, n])?;
+                }
+                c.execute("DELETE FROM quota_counters WHERE day < ?1", [&keep_from])?;
+                Ok(())
+            })
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[tokio::test]
+    async fn deltas_add_up_survive_reopen_and_old_days_go() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Sqlite::open(dir.path()).unwrap();
+            s.add_counters("2026-01-01", vec![("a".into(), 5)], "2025-12-01")
+                .await
+                .unwrap();
+            s.add_counters(
+                "2026-01-02",
+                vec![("a".into(), 2), ("b".into(), 1)],
+                "2025-12-01",
+            )
+            .await
+            .unwrap();
+            s.add_counters("2026-01-02", vec![("a".into(), 3)], "2026-01-02")
+                .await
+                .unwrap();
+            s.db().close();
+        }
+        let s = Sqlite::open(dir.path()).unwrap();
+        assert_eq!(
+            s.day_counters("2026-01-02").await.unwrap(),
+            vec![("a".to_owned(), 5), ("b".to_owned(), 1)]
+        );
+        assert!(s.day_counters("2026-01-01").await.unwrap().is_empty());
+    }
+}

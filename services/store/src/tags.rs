@@ -1,0 +1,489 @@
+//! Tags published by the platform that owns a user, opt-outs, and the audit
+//! of every disclosure.
+//!
+//! Users are HMAC uids; no subject is ever stored. An opt-out is the uid
+//! alone (with its owner, for listing), so the referral service can refuse
+//! tag access to hops minted for that user afterwards.
+
+use std::{future::Future, path::Path};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+
+use crate::{Landing, Migration, Sqlite, StoreError, landings};
+
+pub(crate) const MIGRATION: Migration = Migration {
+    name: "0005_tags",
+    sql: "
+CREATE TABLE tags (
+    owner           TEXT NOT NULL,
+    uid             BLOB NOT NULL,
+    namespace       TEXT NOT NULL,
+    value           TEXT NOT NULL,
+    published_at_ms INTEGER NOT NULL,
+    expires_at_ms   INTEGER NOT NULL,
+    PRIMARY KEY (owner, uid, namespace, value)
+) STRICT;
+CREATE INDEX tags_by_expiry ON tags (expires_at_ms);
+-- Idempotency keys of PublishTags, kept as long as the longest TTL.
+CREATE TABLE tag_requests (
+    owner           TEXT NOT NULL,
+    request_id      TEXT NOT NULL,
+    fingerprint     BLOB NOT NULL,
+    published_at_ms INTEGER NOT NULL,
+    expires_at_ms   INTEGER NOT NULL,
+    PRIMARY KEY (owner, request_id)
+) STRICT;
+CREATE INDEX tag_requests_by_expiry ON tag_requests (expires_at_ms);
+CREATE TABLE tag_opt_outs (
+    uid              BLOB PRIMARY KEY,
+    owner            TEXT NOT NULL,
+    opted_out_at_ms  INTEGER NOT NULL
+) STRICT;
+CREATE TABLE tag_disclosures (
+    id              INTEGER PRIMARY KEY,
+    disclosed_at_ms INTEGER NOT NULL,
+    owner           TEXT NOT NULL,
+    reader          TEXT NOT NULL,
+    uid             BLOB NOT NULL,
+    agreement_id    TEXT NOT NULL,
+    referral_id     BLOB NOT NULL,
+    namespaces      TEXT NOT NULL,
+    tag_count       INTEGER NOT NULL,
+    pseudonym_epoch INTEGER NOT NULL
+) STRICT;
+CREATE INDEX tag_disclosures_by_owner ON tag_disclosures (owner, disclosed_at_ms);
+CREATE INDEX tag_disclosures_by_reader ON tag_disclosures (reader, disclosed_at_ms);
+",
+};
+
+/// Most expired rows one publication sweeps away besides its own user's.
+const SWEEP_LIMIT: u32 = 256;
+
+/// One stored tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredTag {
+    pub namespace: String,
+    pub value: String,
+    pub expires_at_ms: i64,
+}
+
+/// A tag to upsert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTag {
+    pub namespace: String,
+    pub value: String,
+    pub ttl_ms: i64,
+}
+
+/// A PublishTags call, checked.
+#[derive(Debug, Clone)]
+pub struct Publication {
+    pub owner: String,
+    pub uid: [u8; 32],
+    pub tags: Vec<NewTag>,
+    /// `(request_id, fingerprint of the request)` for idempotent retries.
+    pub request: Option<(String, [u8; 32])>,
+    /// Idempotency keys are kept this long.
+    pub request_ttl_ms: i64,
+    pub now_ms: i64,
+}
+
+/// Outcome of a publication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Published {
+    /// Stored (or, for a retry, stored before), in request order.
+    Stored(Vec<StoredTag>),
+    /// The user opted out: nothing stored.
+    OptedOut,
+    /// The request id was used before for other content.
+    RequestReused,
+}
+
+/// Outcome of an opt-out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptedOut {
+    pub tags_removed: u64,
+    pub newly_opted_out: bool,
+}
+
+/// What a tag read needs, read consistently at once.
+#[derive(Debug, Clone)]
+pub struct ReferredUser {
+    pub landing: Landing,
+    /// The origin's user opted out of tag sharing.
+    pub opted_out: bool,
+    /// The origin user's unexpired tags, by namespace then value.
+    pub tags: Vec<StoredTag>,
+}
+
+/// One recorded disclosure. No subject: the user is the owner's uid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disclosure {
+    pub disclosed_at_ms: i64,
+    /// The platform that owns the user (the referral chain's origin).
+    pub owner: String,
+    /// The platform that read the tags.
+    pub reader: String,
+    pub uid: [u8; 32],
+    /// The agreement between owner and reader that allowed it.
+    pub agreement_id: String,
+    pub referral_id: [u8; 16],
+    /// Namespaces of the tags disclosed, sorted.
+    pub namespaces: Vec<String>,
+    pub tag_count: u32,
+    pub pseudonym_epoch: u32,
+}
+
+/// Which disclosures to list.
+#[derive(Debug, Clone, Default)]
+pub struct DisclosureQuery {
+    /// The owning platform.
+    pub owner: String,
+    /// Only disclosures to this reader.
+    pub reader: Option<String>,
+    /// Only disclosures about this user.
+    pub uid: Option<[u8; 32]>,
+    /// Only disclosures at or after this time.
+    pub since_ms: i64,
+}
+
+/// Storage of tags, opt-outs and disclosures.
+pub trait TagStore: Send + Sync + 'static {
+    /// Upserts tags (unless the user opted out), purging expired ones.
+    /// Durable when answered.
+    fn publish(&self, p: Publication)
+    -> impl Future<Output = Result<Published, StoreError>> + Send;
+
+    /// Deletes the user's tags and records the opt-out (idempotent).
+    fn opt_out(
+        &self,
+        owner: String,
+        uid: [u8; 32],
+        now_ms: i64,
+    ) -> impl Future<Output = Result<OptedOut, StoreError>> + Send;
+
+    /// Whether the user with this uid opted out.
+    fn opted_out(&self, uid: [u8; 32]) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// The landing of a referral with its origin user's opt-out state and
+    /// unexpired tags; `None` if the referral was not redeemed.
+    fn referred_user(
+        &self,
+        referral_id: [u8; 16],
+        now_ms: i64,
+    ) -> impl Future<Output = Result<Option<ReferredUser>, StoreError>> + Send;
+
+    /// Records a disclosure durably.
+    fn record_disclosure(
+        &self,
+        d: Disclosure,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Deletes every expired tag and idempotency key; returns how many tags.
+    fn purge_expired(&self, now_ms: i64) -> impl Future<Output = Result<u64, StoreError>> + Send;
+}
+
+/// What the referral service needs of tags: whether a user opted out.
+pub trait OptOutLookup: Send + Sync + 'static {
+    fn opted_out(&self, uid: [u8; 32]) -> impl Future<Output = Result<bool, StoreError>> + Send;
+}
+
+// === impl Sqlite ===
+
+impl<T: TagStore> OptOutLookup for T {
+    fn opted_out(&self, uid: [u8; 32]) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        TagStore::opted_out(self, uid)
+    }
+}
+
+impl TagStore for Sqlite {
+    async fn publish(&self, p: Publication) -> Result<Published, StoreError> {
+        self.db.write(move |conn| publish(conn, &p)).await
+    }
+
+    async fn opt_out(
+        &self,
+        owner: String,
+        uid: [u8; 32],
+        now_ms: i64,
+    ) -> Result<OptedOut, StoreError> {
+        self.db
+            .write(move |conn| {
+                let removed = conn
+                    .prepare_cached("DELETE FROM tags WHERE owner = ?1 AND uid = ?2")?
+                    .execute(params![owner, &uid[..]])?;
+                let inserted = conn
+                    .prepare_cached(
+                        "INSERT INTO tag_opt_outs (uid, owner, opted_out_at_ms) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (uid) DO NOTHING",
+                    )?
+                    .execute(params![&uid[..], owner, now_ms])?;
+                Ok(OptedOut {
+                    tags_removed: removed as u64,
+                    newly_opted_out: inserted == 1,
+                })
+            })
+            .await
+    }
+
+    async fn opted_out(&self, uid: [u8; 32]) -> Result<bool, StoreError> {
+        self.db.read(move |conn| is_opted_out(conn, &uid)).await
+    }
+
+    async fn referred_user(
+        &self,
+        referral_id: [u8; 16],
+        now_ms: i64,
+    ) -> Result<Option<ReferredUser>, StoreError> {
+        self.db
+            .read(move |conn| {
+                // One read transaction: the landing, opt-out and tags agree.
+                conn.execute_batch("BEGIN")?;
+                let out = referred_user(conn, &referral_id, now_ms);
+                let _ = conn.execute_batch("COMMIT");
+                out
+            })
+            .await
+    }
+
+    async fn record_disclosure(&self, d: Disclosure) -> Result<(), StoreError> {
+        self.db
+            .write(move |conn| {
+                conn.prepare_cached(
+                    "INSERT INTO tag_disclosures (disclosed_at_ms, owner, reader, uid, agreement_id,
+                        referral_id, namespaces, tag_count, pseudonym_epoch)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                )?
+                .execute(params![
+                    d.disclosed_at_ms,
+                    d.owner,
+                    d.reader,
+                    &d.uid[..],
+                    d.agreement_id,
+                    &d.referral_id[..],
+                    d.namespaces.join(" "),
+                    d.tag_count,
+                    d.pseudonym_epoch,
+                ])?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn purge_expired(&self, now_ms: i64) -> Result<u64, StoreError> {
+        self.db
+            .write(move |conn| {
+                let n = conn
+                    .prepare_cached("DELETE FROM tags WHERE expires_at_ms <= ?1")?
+                    .execute([now_ms])?;
+                conn.prepare_cached("DELETE FROM tag_requests WHERE expires_at_ms <= ?1")?
+                    .execute([now_ms])?;
+                Ok(n as u64)
+            })
+            .await
+    }
+}
+
+impl Sqlite {
+    /// Disclosures matching `q`, oldest first.
+    pub async fn disclosures(&self, q: DisclosureQuery) -> Result<Vec<Disclosure>, StoreError> {
+        self.db.read(move |conn| select_disclosures(conn, &q)).await
+    }
+}
+
+/// Lists disclosures straight from the database file in `data_dir`, read
+/// only and without the directory lock, so it works while a gateway serves
+/// (WAL readers never block the writer).
+pub fn read_disclosures(
+    data_dir: &Path,
+    q: &DisclosureQuery,
+) -> Result<Vec<Disclosure>, StoreError> {
+    // The file name `Db::open` uses.
+    let path = data_dir.join("crossflow.db");
+    if !path.is_file() {
+        return Err(StoreError::Io {
+            path: path.display().to_string(),
+            message: "no crossflow store here (has the gateway ever run with this data_dir?)"
+                .to_owned(),
+        });
+    }
+    let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    conn.execute_batch("PRAGMA busy_timeout=5000;")?;
+    select_disclosures(&conn, q)
+}
+
+fn publish(conn: &Connection, p: &Publication) -> Result<Published, StoreError> {
+    if is_opted_out(conn, &p.uid)? {
+        return Ok(Published::OptedOut);
+    }
+    let mut now = p.now_ms;
+    if let Some((request_id, fingerprint)) = &p.request {
+        let seen: Option<(Vec<u8>, i64)> = conn
+            .prepare_cached(
+                "SELECT fingerprint, published_at_ms FROM tag_requests
+                 WHERE owner = ?1 AND request_id = ?2 AND expires_at_ms > ?3",
+            )?
+            .query_row(params![p.owner, request_id, p.now_ms], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        match seen {
+            Some((f, _)) if f != fingerprint[..] => return Ok(Published::RequestReused),
+            // A retry: the answer (and the expiries) of the first attempt.
+            Some((_, at)) => now = at,
+            None => {
+                conn.prepare_cached(
+                    "INSERT INTO tag_requests (owner, request_id, fingerprint, published_at_ms, expires_at_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (owner, request_id) DO UPDATE SET fingerprint = excluded.fingerprint,
+                        published_at_ms = excluded.published_at_ms, expires_at_ms = excluded.expires_at_ms",
+                )?
+                .execute(params![
+                    p.owner,
+                    request_id,
+                    &fingerprint[..],
+                    now,
+                    now.saturating_add(p.request_ttl_ms)
+                ])?;
+            }
+        }
+    }
+    let mut upsert = conn.prepare_cached(
+        "INSERT INTO tags (owner, uid, namespace, value, published_at_ms, expires_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (owner, uid, namespace, value) DO UPDATE SET
+            published_at_ms = excluded.published_at_ms, expires_at_ms = excluded.expires_at_ms",
+    )?;
+    let mut stored = Vec::with_capacity(p.tags.len());
+    for t in &p.tags {
+        let expires_at_ms = now.saturating_add(t.ttl_ms);
+        upsert.execute(params![
+            p.owner,
+            &p.uid[..],
+            t.namespace,
+            t.value,
+            now,
+            expires_at_ms
+        ])?;
+        stored.push(StoredTag {
+            namespace: t.namespace.clone(),
+            value: t.value.clone(),
+            expires_at_ms,
+        });
+    }
+    // Purge on write: this user's expired tags, and a bounded sweep of
+    // everyone else's, so the table never keeps much that can't be read.
+    conn.prepare_cached("DELETE FROM tags WHERE owner = ?1 AND uid = ?2 AND expires_at_ms <= ?3")?
+        .execute(params![p.owner, &p.uid[..], p.now_ms])?;
+    conn.prepare_cached(
+        "DELETE FROM tags WHERE (owner, uid, namespace, value) IN (
+            SELECT owner, uid, namespace, value FROM tags WHERE expires_at_ms <= ?1 LIMIT ?2)",
+    )?
+    .execute(params![p.now_ms, SWEEP_LIMIT])?;
+    conn.prepare_cached(
+        "DELETE FROM tag_requests WHERE (owner, request_id) IN (
+            SELECT owner, request_id FROM tag_requests WHERE expires_at_ms <= ?1 LIMIT ?2)",
+    )?
+    .execute(params![p.now_ms, SWEEP_LIMIT])?;
+    Ok(Published::Stored(stored))
+}
+
+fn is_opted_out(conn: &Connection, uid: &[u8; 32]) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM tag_opt_outs WHERE uid = ?1")?
+        .query_row([&uid[..]], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+fn referred_user(
+    conn: &Connection,
+    referral_id: &[u8; 16],
+    now_ms: i64,
+) -> Result<Option<ReferredUser>, StoreError> {
+    let Some(landing) = landings::select(conn, referral_id)? else {
+        return Ok(None);
+    };
+    let opted_out = is_opted_out(conn, &landing.origin_uid)?;
+    let mut tags = Vec::new();
+    if !opted_out {
+        let mut stmt = conn.prepare_cached(
+            "SELECT namespace, value, expires_at_ms FROM tags
+             WHERE owner = ?1 AND uid = ?2 AND expires_at_ms > ?3
+             ORDER BY namespace, value",
+        )?;
+        let rows = stmt.query_map(
+            params![landing.origin, &landing.origin_uid[..], now_ms],
+            |r| {
+                Ok(StoredTag {
+                    namespace: r.get(0)?,
+                    value: r.get(1)?,
+                    expires_at_ms: r.get(2)?,
+                })
+            },
+        )?;
+        for row in rows {
+            tags.push(row?);
+        }
+    }
+    Ok(Some(ReferredUser {
+        landing,
+        opted_out,
+        tags,
+    }))
+}
+
+fn select_disclosures(
+    conn: &Connection,
+    q: &DisclosureQuery,
+) -> Result<Vec<Disclosure>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT disclosed_at_ms, owner, reader, uid, agreement_id, referral_id, namespaces,
+                tag_count, pseudonym_epoch
+         FROM tag_disclosures
+         WHERE owner = ?1 AND disclosed_at_ms >= ?2
+           AND (?3 IS NULL OR reader = ?3) AND (?4 IS NULL OR uid = ?4)
+         ORDER BY disclosed_at_ms, id",
+    )?;
+    let rows = stmt.query_map(
+        params![q.owner, q.since_ms, q.reader, q.uid.as_ref().map(|u| &u[..])],
+        |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Vec<u8>>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, Vec<u8>>(5)?,
+                r.get::<_, String>(6)?,
+                r.get::<_, u32>(7)?,
+                r.get::<_, u32>(8)?,
+            ))
+        },
+    )?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (at, owner, reader, uid, agreement_id, referral_id, namespaces, count, epoch) = row?;
+        out.push(Disclosure {
+            disclosed_at_ms: at,
+            owner,
+            reader,
+            uid: fixed(uid, "tag_disclosures.uid")?,
+            agreement_id,
+            referral_id: fixed(referral_id, "tag_disclosures.referral_id")?,
+            namespaces: namespaces.split_whitespace().map(str::to_owned).collect(),
+            tag_count: count,
+            pseudonym_epoch: epoch,
+        });
+    }
+    Ok(out)
+}
+
+fn fixed<const N: usize>(v: Vec<u8>, what: &str) -> Result<[u8; N], StoreError> {
+    v.try_into().map_err(|v: Vec<u8>| {
+        StoreError::Corrupt(format!("{what} has {} bytes, want {N}", v.len()))
+    })
+}
+
+#[cfg(test)]
+mod tests;
