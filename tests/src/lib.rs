@@ -43,11 +43,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub use crossflow_gateway::testbed::TestbedError;
 use crossflow_gateway::{
     server::{self, Running},
     testbed::{self, Testbed},
 };
-pub use crossflow_gateway::testbed::TestbedError;
 use crossflow_identity::KeyRing;
 use crossflow_proto::v1::{
     CreateReferralRequest, GetReferralRequest, RedeemReferralRequest,
@@ -121,8 +121,20 @@ pub fn default_body_with(max_hops: u32, token_ttl_secs: u64) -> String {
     for p in DEFAULT_PARTNERS {
         s.push_str(&partner_toml(p, true));
     }
-    s.push_str(&agreement_toml(ALPHA_BETA, ALPHA, BETA, max_hops, token_ttl_secs));
-    s.push_str(&agreement_toml(BETA_GAMMA, BETA, GAMMA, max_hops, token_ttl_secs));
+    s.push_str(&agreement_toml(
+        ALPHA_BETA,
+        ALPHA,
+        BETA,
+        max_hops,
+        token_ttl_secs,
+    ));
+    s.push_str(&agreement_toml(
+        BETA_GAMMA,
+        BETA,
+        GAMMA,
+        max_hops,
+        token_ttl_secs,
+    ));
     s
 }
 
@@ -243,7 +255,11 @@ pub fn refusal<T: std::fmt::Debug>(r: Result<T, Status>) -> Refusal {
 
 /// Asserts that `r` was refused with `code` and `ErrorInfo.reason`.
 #[track_caller]
-pub fn assert_refused<T: std::fmt::Debug>(r: Result<T, Status>, code: Code, reason: &str) -> Refusal {
+pub fn assert_refused<T: std::fmt::Debug>(
+    r: Result<T, Status>,
+    code: Code,
+    reason: &str,
+) -> Refusal {
     refusal(r).expect(code, reason)
 }
 
@@ -533,7 +549,14 @@ pub fn crossflow_bin() -> PathBuf {
         // Always build: a no-op when fresh, and never a stale binary.
         let out = Command::new(&cargo)
             .current_dir(workspace_dir())
-            .args(["build", "--quiet", "-p", "crossflow-gateway", "--bin", "crossflow"])
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "crossflow-gateway",
+                "--bin",
+                "crossflow",
+            ])
             .args(["--profile", profile])
             .output()
             .unwrap_or_else(|e| panic!("running {cargo}: {e}"));
@@ -625,7 +648,11 @@ impl ServeProcess {
             if let Some(addr) = serving_addr(&text) {
                 return addr;
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("crossflow serve exited with {status}:\n{text}");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -702,7 +729,9 @@ impl Drop for ServeProcess {
 /// The address in the gateway's "crossflow gateway serving" log line, in
 /// text (`addr=127.0.0.1:1234`) or JSON (`"addr":"127.0.0.1:1234"`) format.
 fn serving_addr(log: &str) -> Option<SocketAddr> {
-    let line = log.lines().find(|l| l.contains("crossflow gateway serving"))?;
+    let line = log
+        .lines()
+        .find(|l| l.contains("crossflow gateway serving"))?;
     let line = strip_ansi(line);
     let start = line
         .find("addr=")

@@ -34,9 +34,7 @@ fn assert_absent(files: &[PathBuf], subjects: &[String]) {
 
 #[tokio::test]
 async fn raw_subjects_are_never_stored_or_logged() {
-    let mut gw = TestGateway::builder()
-        .spawn(&[("RUST_LOG", "debug")])
-        .await;
+    let mut gw = TestGateway::builder().spawn(&[("RUST_LOG", "debug")]).await;
     // Distinctive, and different for every role they play.
     let s = |role: &str| format!("RawSubj{role}Qx7Zk9");
     let origin = s("Origin");

@@ -7,8 +7,7 @@
 use std::time::{Duration, SystemTime};
 
 use crossflow_proto::v1::{
-    CreateReferralRequest, CreateReferralResponse, RedeemReferralResponse, Referral,
-    ReferralState,
+    CreateReferralRequest, CreateReferralResponse, RedeemReferralResponse, Referral, ReferralState,
 };
 use crossflow_tests::{
     ALPHA, ALPHA_BETA, BETA, BETA_GAMMA, GAMMA, TestGateway, assert_refused, create_req,
@@ -59,7 +58,9 @@ fn pseudonym(r: &RedeemReferralResponse) -> String {
 }
 
 fn is_referral_id(s: &str) -> bool {
-    s.len() == 32 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 32
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 #[tokio::test]
@@ -160,10 +161,7 @@ async fn redeem_is_idempotent_for_the_same_subject_only() {
     let first = land(&gw, BETA, &made.token, "b-1").await;
     let again = land(&gw, BETA, &made.token, "b-1").await;
     assert_eq!(first, again, "same subject: the same answer");
-    assert_eq!(
-        referral(&first).redeemed_at,
-        referral(&again).redeemed_at
-    );
+    assert_eq!(referral(&first).redeemed_at, referral(&again).redeemed_at);
     assert_eq!(pseudonym(&first), pseudonym(&again));
 
     let mut b = gw.referrals(BETA).await;
@@ -201,9 +199,17 @@ async fn bad_tokens_are_invalid_arguments_on_the_token_field() {
             made.token[..made.token.len() - 4].to_owned(),
             &["TOKEN_INVALID", "TOKEN_MALFORMED"],
         ),
-        ("garbage", "this is not a token".to_owned(), &["TOKEN_MALFORMED"]),
+        (
+            "garbage",
+            "this is not a token".to_owned(),
+            &["TOKEN_MALFORMED"],
+        ),
         ("bad base64", "cf1.!!!!".to_owned(), &["TOKEN_MALFORMED"]),
-        ("too long", format!("cf1.{}", "A".repeat(5000)), &["TOKEN_MALFORMED"]),
+        (
+            "too long",
+            format!("cf1.{}", "A".repeat(5000)),
+            &["TOKEN_MALFORMED"],
+        ),
         ("empty", String::new(), &["INVALID_FIELD"]),
     ];
     for (what, token, reasons) in cases {
@@ -274,8 +280,14 @@ async fn create_is_refused_without_an_agreement_to_self_and_to_strangers() {
         Code::PermissionDenied,
         "NO_AGREEMENT",
     );
-    assert_eq!(r.metadata.get("from_partner").map(String::as_str), Some(ALPHA));
-    assert_eq!(r.metadata.get("to_partner").map(String::as_str), Some(GAMMA));
+    assert_eq!(
+        r.metadata.get("from_partner").map(String::as_str),
+        Some(ALPHA)
+    );
+    assert_eq!(
+        r.metadata.get("to_partner").map(String::as_str),
+        Some(GAMMA)
+    );
     // Nor the other way round.
     assert_refused(
         gw.referrals(GAMMA)
@@ -366,14 +378,12 @@ async fn onward_hops_need_a_parent_the_caller_redeemed_for_that_subject() {
 
     // Minted but not redeemed yet.
     let r = assert_refused(
-        b.create_referral(onward_req("b-1", GAMMA, "r", &parent)).await,
+        b.create_referral(onward_req("b-1", GAMMA, "r", &parent))
+            .await,
         Code::FailedPrecondition,
         "PARENT_NOT_REDEEMED",
     );
-    assert_eq!(
-        r.metadata.get("parent_referral_id"),
-        Some(&parent)
-    );
+    assert_eq!(r.metadata.get("parent_referral_id"), Some(&parent));
     // A referral id that never existed.
     assert_refused(
         b.create_referral(onward_req("b-1", GAMMA, "r", &"0".repeat(32)))
@@ -403,7 +413,8 @@ async fn onward_hops_need_a_parent_the_caller_redeemed_for_that_subject() {
     );
     // Beta, for another of its users than the one who landed.
     assert_refused(
-        b.create_referral(onward_req("b-2", GAMMA, "r", &parent)).await,
+        b.create_referral(onward_req("b-2", GAMMA, "r", &parent))
+            .await,
         Code::FailedPrecondition,
         "PARENT_SUBJECT_MISMATCH",
     );

@@ -13,11 +13,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crossflow_proto::v1::referral_service_client::ReferralServiceClient;
 use crossflow_tests::{
     ALPHA, BETA, DEADLINE, FEDERATION, TestGateway, assert_refused, channel_as, create_req,
     crossflow_bin, default_body, gateway_section, redeem_req,
 };
-use crossflow_proto::v1::referral_service_client::ReferralServiceClient;
 use opentelemetry_proto::tonic::{
     collector::{
         metrics::v1::{
@@ -96,7 +96,11 @@ async fn collector() -> (SocketAddr, Received) {
 
 fn attr(span: &Span, key: &str) -> Option<String> {
     let v = span.attributes.iter().find(|kv| kv.key == key)?;
-    match v.value.as_ref().and_then(|AnyValue { value }| value.as_ref())? {
+    match v
+        .value
+        .as_ref()
+        .and_then(|AnyValue { value }| value.as_ref())?
+    {
         Value::StringValue(s) => Some(s.clone()),
         Value::IntValue(i) => Some(i.to_string()),
         Value::BoolValue(b) => Some(b.to_string()),
@@ -216,7 +220,10 @@ async fn spans_and_metrics_arrive_over_otlp() {
         .unwrap_or_else(|| panic!("no rpc line in:\n{log}"));
     assert!(line.contains("partner/alpha"), "{line}");
     assert!(line.contains("grpc_status=0"), "{line}");
-    assert!(!log.contains("secret-subject"), "a subject leaked into the log");
+    assert!(
+        !log.contains("secret-subject"),
+        "a subject leaked into the log"
+    );
     gw.stop().await;
 }
 
@@ -263,7 +270,10 @@ async fn json_logs_carry_the_rpc_span() {
         .unwrap();
     let rpc: serde_json::Value = loop {
         let line = next_line(&mut rx).await;
-        assert!(!line.contains("secret-subject"), "subject in the log: {line}");
+        assert!(
+            !line.contains("secret-subject"),
+            "subject in the log: {line}"
+        );
         if line.contains("rpc finished") {
             break serde_json::from_str(&line).unwrap();
         }

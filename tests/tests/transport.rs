@@ -6,9 +6,8 @@ use std::path::Path;
 use crossflow_identity::generate_foreign_client;
 use crossflow_proto::v1::referral_service_client::ReferralServiceClient;
 use crossflow_tests::{
-    ALPHA, BETA, FEDERATION, TestGateway, agreement_toml, assert_refused, connect_with,
-    create_req, default_body, get_req, health_check, partner_toml, redeem_req,
-    reflection_services,
+    ALPHA, BETA, FEDERATION, TestGateway, agreement_toml, assert_refused, connect_with, create_req,
+    default_body, get_req, health_check, partner_toml, redeem_req, reflection_services,
 };
 use tonic::{Code, transport::Channel};
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -31,7 +30,9 @@ async fn assert_handshake_refused(ca: &Path, gw: &TestGateway, identity: Option<
         "expected a transport failure, got {status:?}"
     );
     assert!(
-        crossflow_tests::Refusal::from_status(&status).reason.is_empty(),
+        crossflow_tests::Refusal::from_status(&status)
+            .reason
+            .is_empty(),
         "the gateway must not have answered: {status:?}"
     );
     // Health is behind the same handshake.
@@ -83,7 +84,10 @@ async fn unknown_and_disabled_partners_and_operators_are_refused() {
         Code::PermissionDenied,
         "UNKNOWN_PARTNER",
     );
-    assert_eq!(r.metadata.get("partner").map(String::as_str), Some("mallory"));
+    assert_eq!(
+        r.metadata.get("partner").map(String::as_str),
+        Some("mallory")
+    );
     assert_refused(
         mallory.get_referral(get_req(&"0".repeat(32))).await,
         Code::PermissionDenied,
@@ -141,14 +145,18 @@ async fn health_and_reflection_are_served() {
     let gw = TestGateway::builder().operator("ops").start().await;
     for service in ["", "crossflow.v1.ReferralService"] {
         assert_eq!(
-            health_check(gw.channel(ALPHA).await, service).await.unwrap(),
+            health_check(gw.channel(ALPHA).await, service)
+                .await
+                .unwrap(),
             ServingStatus::Serving,
             "{service:?}"
         );
     }
     // Tooling can use any certificate the federation's CA signed.
     assert_eq!(
-        health_check(gw.channel("operator-ops").await, "").await.unwrap(),
+        health_check(gw.channel("operator-ops").await, "")
+            .await
+            .unwrap(),
         ServingStatus::Serving
     );
     let unknown = health_check(gw.channel(ALPHA).await, "no.such.Service").await;
@@ -160,6 +168,9 @@ async fn health_and_reflection_are_served() {
         "grpc.health.v1.Health",
         "grpc.reflection.v1.ServerReflection",
     ] {
-        assert!(services.iter().any(|s| s == want), "{want} not in {services:?}");
+        assert!(
+            services.iter().any(|s| s == want),
+            "{want} not in {services:?}"
+        );
     }
 }

@@ -39,8 +39,10 @@ pub fn get() -> Arc<Metrics> {
 pub fn install(meter: Meter) {
     let next = Metrics::new(meter);
     let prev = CURRENT.load();
-    next.checkpoint_unix_ms
-        .store(prev.checkpoint_unix_ms.load(Ordering::Relaxed), Ordering::Relaxed);
+    next.checkpoint_unix_ms.store(
+        prev.checkpoint_unix_ms.load(Ordering::Relaxed),
+        Ordering::Relaxed,
+    );
     CURRENT.store(Arc::new(next));
 }
 

@@ -192,15 +192,19 @@ fn build(dir: &Path, n: u64, signer: &Signer) -> Result<(), BoxError> {
         let to = (from + CHUNK).min(n);
         let tx = conn.unchecked_transaction()?;
         let mut nodes = Vec::with_capacity((to - from) as usize + 64);
+        let mut parties = Vec::with_capacity(2 * (to - from) as usize);
         for i in from..to {
             let s = sequence(&tx, &entry(i), &["homedecor-live", "mombaby-live"], 0)?;
             nodes.extend(frontier.append(s.leaf_hash).into_iter().filter(|x| x.0 > 0));
+            parties.push(("homedecor-live".to_owned(), i));
+            parties.push(("mombaby-live".to_owned(), i));
         }
         ledger::integrate(
             &tx,
             &Integration {
                 size: to,
                 nodes,
+                parties,
                 checkpoint: None,
             },
         )?;
@@ -257,9 +261,7 @@ fn proofs(o: &Options) -> Result<(), BoxError> {
     for &i in &indexes {
         let t = Instant::now();
         let plan = merkle::inclusion_nodes(i, n)?;
-        let hashes = store
-            .db()
-            .read_blocking(|c| ledger::nodes(c, plan.ids()))?;
+        let hashes = store.db().read_blocking(|c| ledger::nodes(c, plan.ids()))?;
         let proof = plan.rehash(&hashes)?;
         proof_times.push(t.elapsed());
         std::hint::black_box(proof);

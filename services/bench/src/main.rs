@@ -14,6 +14,7 @@
 mod echo;
 mod ledger;
 mod load;
+mod quota;
 mod report;
 mod scenario;
 
@@ -103,6 +104,14 @@ struct Cli {
     /// Size of the log built to time inclusion proofs (0: skip).
     #[arg(long, default_value_t = 10_000_000)]
     ledger_proof_entries: u64,
+    /// Run the quota benchmark instead: the quota layer's cost (quotas on vs
+    /// off, --rounds interleaved, --duration-secs each) and isolation (one
+    /// partner flooding at 10x its rate while another sends at half of it).
+    #[arg(long)]
+    quota: bool,
+    /// Rate quota (requests/s) of each partner in the isolation run.
+    #[arg(long, default_value_t = 200)]
+    quota_rate: u32,
     /// Directory for the ledger benchmark's temporary stores.
     #[arg(long)]
     ledger_dir: Option<std::path::PathBuf>,
@@ -119,6 +128,21 @@ fn main() -> Result<(), BoxError> {
             proofs: 1000,
             dir: cli.ledger_dir,
         });
+    }
+    if cli.quota {
+        let server_rt = runtime("bench-server", cli.server_threads)?;
+        let client_rt = runtime("bench-client", cli.client_threads)?;
+        return quota::run(
+            &quota::Options {
+                secs: if cli.quick { 1.0 } else { cli.duration_secs },
+                rounds: if cli.quick { 1 } else { cli.rounds.max(1) },
+                concurrency: cli.concurrency.max(1),
+                connections: cli.connections.max(1),
+                rate: cli.quota_rate,
+            },
+            &client_rt,
+            &server_rt,
+        );
     }
     if cli.list {
         for s in SPECS {

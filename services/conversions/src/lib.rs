@@ -58,7 +58,7 @@ pub enum Status {
 #[derive(Debug, thiserror::Error)]
 pub enum ConversionError {
     #[error("{0}")]
-    Invalid(Problem),
+    Invalid(Box<Problem>),
     #[error("order {order_id} was already reported with other {}", fields.join(", "))]
     Conflict {
         order_id: String,
@@ -177,12 +177,17 @@ impl Status {
 // === impl ConversionError ===
 
 impl ConversionError {
+    /// `INVALID_ARGUMENT` with the given field violations.
+    pub fn invalid(p: Problem) -> ConversionError {
+        ConversionError::Invalid(Box::new(p))
+    }
+
     /// How this error is told to the caller.
     pub fn problem(&self) -> Problem {
         use ConversionError as E;
         let msg = self.to_string();
         match self {
-            E::Invalid(p) => p.clone(),
+            E::Invalid(p) => (**p).clone(),
             E::Conflict { order_id, fields } => {
                 Problem::new(Kind::AlreadyExists, "ORDER_ID_CONFLICT", msg)
                     .with("order_id", order_id)
@@ -313,9 +318,9 @@ impl Conversions {
             ),
             Some(_) => {}
         }
-        c.finish().map_err(ConversionError::Invalid)?;
+        c.finish().map_err(ConversionError::invalid)?;
         let Some(target) = req.status else {
-            return Err(ConversionError::Invalid(Problem::field(
+            return Err(ConversionError::invalid(Problem::field(
                 "INVALID_FIELD",
                 "status",
                 "must be set",
@@ -339,7 +344,7 @@ impl Conversions {
     ) -> Result<ConversionRecord, ConversionError> {
         let mut c = Checks::new();
         order_id(&mut c, order);
-        c.finish().map_err(ConversionError::Invalid)?;
+        c.finish().map_err(ConversionError::invalid)?;
         let (caller, wanted) = (caller.to_owned(), order.to_owned());
         self.db
             .read(move |conn| rows::select_by_order(conn, &caller, &wanted))
@@ -372,7 +377,7 @@ pub async fn release_with(
     if !note.is_empty() {
         c.printable("note", note, MAX_NOTE_BYTES);
     }
-    c.finish().map_err(ConversionError::Invalid)?;
+    c.finish().map_err(ConversionError::invalid)?;
     let Some(parsed) = parsed else {
         return Err(ConversionError::NotFound(id.to_owned()));
     };
@@ -455,7 +460,7 @@ fn check_report(req: &ReportRequest, now: i64) -> Result<Checked, ConversionErro
         Some(_) => {}
     }
     let referral = c.optional_referral_id("referral_id", &req.referral_id);
-    c.finish().map_err(ConversionError::Invalid)?;
+    c.finish().map_err(ConversionError::invalid)?;
     Ok(Checked {
         exponent: exponent.unwrap_or(0),
         occurred_at_ms: req.occurred_at_ms.unwrap_or(0),

@@ -599,3 +599,25 @@ fn conversion_ids_are_stable_and_distinct() {
     // The separator keeps ("ab", "c") and ("a", "bc") apart.
     assert_ne!(conversion_id("ab", "c"), conversion_id("a", "bc"));
 }
+
+#[test]
+fn fraud_settings_are_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["ca.pem", "cert.pem", "key.pem"] {
+        std::fs::write(dir.path().join(f), "").unwrap();
+    }
+    let fraud = "[fraud]\nmax_amount_minor = 0\nmax_landings_per_uid_per_hour = 0\n\
+                 [fraud.max_amount_minor_by_currency]\ncny = 0\n";
+    let e =
+        Settings::from_toml(&body("last_touch", fraud), &dir.path().join("c.toml")).unwrap_err();
+    let keys: Vec<&str> = e.errors.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "fraud.max_landings_per_uid_per_hour",
+            "fraud.max_amount_minor",
+            "fraud.max_amount_minor_by_currency.cny",
+            "fraud.max_amount_minor_by_currency.cny",
+        ]
+    );
+}

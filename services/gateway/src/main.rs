@@ -324,7 +324,10 @@ fn run(command: Command, log_format: LogFormat) -> Result<(), String> {
         Command::Verify {
             command: VerifyCommand::Checkpoint { vkey, file },
         } => {
-            println!("{}", crossflow_ledger::cli::verify_checkpoint(&vkey, &file)?);
+            println!(
+                "{}",
+                crossflow_ledger::cli::verify_checkpoint(&vkey, &file)?
+            );
             Ok(())
         }
         Command::Verify {

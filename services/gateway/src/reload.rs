@@ -86,17 +86,18 @@ impl Reloader {
 
     /// Watches the file and SIGHUP until the task is aborted.
     pub fn spawn(self) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move { self.watch().await })
+        // Hashed now, not when the task first runs: a file written right
+        // after start must count as a change.
+        let last = content_hash(&self.settings.get().file);
+        tokio::spawn(async move { self.watch(last).await })
     }
 
-    async fn watch(self) {
+    async fn watch(self, mut last: Option<u64>) {
         let path = self.settings.get().file.clone();
-        let mut last = content_hash(&path);
         let mut tick = tokio::time::interval(POLL_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         #[cfg(unix)]
-        let mut hup =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         loop {
             #[cfg(unix)]
             let forced = match hup.as_mut() {
@@ -185,9 +186,7 @@ impl Reloader {
         } else {
             ServingStatus::NotServing
         };
-        self.health
-            .set_service_status(HEALTH_SERVICE, status)
-            .await;
+        self.health.set_service_status(HEALTH_SERVICE, status).await;
     }
 }
 
@@ -202,7 +201,11 @@ pub fn needs_restart(old: &Settings, new: &Settings) -> Vec<String> {
             ));
         }
     };
-    check("gateway.federation", o.federation.clone(), n.federation.clone());
+    check(
+        "gateway.federation",
+        o.federation.clone(),
+        n.federation.clone(),
+    );
     check("gateway.listen", o.listen.to_string(), n.listen.to_string());
     check("gateway.data_dir", show(&o.data_dir), show(&n.data_dir));
     check("gateway.key_dir", show(&o.key_dir), show(&n.key_dir));
@@ -241,9 +244,17 @@ pub fn changes(old: &Settings, new: &Settings) -> Vec<String> {
     diff("partners", &partners(old), &partners(new), &mut out);
     diff("agreements", &agreements(old), &agreements(new), &mut out);
     for (name, a, b) in [
-        ("fraud", format!("{:?}", old.fraud), format!("{:?}", new.fraud)),
+        (
+            "fraud",
+            format!("{:?}", old.fraud),
+            format!("{:?}", new.fraud),
+        ),
         ("tags", format!("{:?}", old.tags), format!("{:?}", new.tags)),
-        ("ledger", format!("{:?}", old.ledger), format!("{:?}", new.ledger)),
+        (
+            "ledger",
+            format!("{:?}", old.ledger),
+            format!("{:?}", new.ledger),
+        ),
     ] {
         if a != b {
             out.push(format!("{name} changed"));

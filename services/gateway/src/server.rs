@@ -7,11 +7,12 @@ use crossflow_conversions::Conversions;
 use crossflow_identity::KeyRing;
 use crossflow_ledger::{Integrator, Ledger, LedgerError, NoteError, Signer};
 use crossflow_proto::v1::conversion_service_server::ConversionServiceServer;
+use crossflow_proto::v1::quota_service_server::QuotaServiceServer;
+use crossflow_proto::v1::tag_service_server::TagServiceServer;
 use crossflow_proto::v1::{
     FILE_DESCRIPTOR_SET, ledger_service_server::LedgerServiceServer,
     referral_service_server::ReferralServiceServer,
 };
-use crossflow_proto::v1::quota_service_server::QuotaServiceServer;
 use crossflow_quota::{
     QuotaLayer, Quotas,
     grpc::{QuotaApi, ReloadStatus},
@@ -19,7 +20,6 @@ use crossflow_quota::{
 use crossflow_referrals::{Referrals, SystemClock};
 use crossflow_settings::{Settings, SettingsHandle};
 use crossflow_store::Sqlite;
-use crossflow_proto::v1::tag_service_server::TagServiceServer;
 use crossflow_tags::Tags;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tokio_stream::wrappers::TcpListenerStream;
@@ -223,7 +223,23 @@ pub async fn start(
         let interval = interval.clone();
         move || (2 * interval() + Duration::from_millis(500)).min(REQUEST_TIMEOUT / 2)
     };
-    let ledger: Ledger<Sqlite> = integrator.ledger().with_receipt_wait(receipt_wait);
+    // Receipts by order id: order ids are unique per reporting partner, so
+    // only a partner can name one (an operator asks by index).
+    let orders = store.clone();
+    let ledger: Ledger<Sqlite> = integrator
+        .ledger()
+        .with_receipt_wait(receipt_wait)
+        .with_order_lookup(Arc::new(move |caller, order_id| {
+            let orders = orders.clone();
+            Box::pin(async move {
+                match caller {
+                    crossflow_api::Caller::Partner(p) => {
+                        orders.latest_conversion_entry(&p, &order_id).await
+                    }
+                    crossflow_api::Caller::Operator(_) => Ok(None),
+                }
+            })
+        }));
     let integrator = integrator.spawn(interval);
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -244,7 +260,11 @@ pub async fn start(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let reload_status = ReloadStatus::default();
-    let reloader = Reloader::new(handle.clone(), reload_status.clone(), health_reporter.clone());
+    let reloader = Reloader::new(
+        handle.clone(),
+        reload_status.clone(),
+        health_reporter.clone(),
+    );
     reloader.started().await;
     let background = [
         crossflow_quota::spawn_flusher(quotas.clone(), store.clone(), QUOTA_FLUSH_EVERY),

@@ -354,7 +354,8 @@ impl Call {
         let secs = self.start.elapsed().as_secs_f64();
         self.span.record("rpc.grpc.status_code", code);
         let ok = code == tonic::Code::Ok as i32;
-        self.span.record("otel.status_code", if ok { "ok" } else { "error" });
+        self.span
+            .record("otel.status_code", if ok { "ok" } else { "error" });
         self.duration.record(
             secs,
             &[

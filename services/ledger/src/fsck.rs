@@ -62,8 +62,7 @@ pub fn fsck(
 
     let mut frontier = Frontier::new();
     let mut node = conn.prepare("SELECT hash FROM ledger_nodes WHERE level = ?1 AND idx = ?2")?;
-    let mut stmt =
-        conn.prepare("SELECT idx, bytes, leaf_hash FROM ledger_entries ORDER BY idx")?;
+    let mut stmt = conn.prepare("SELECT idx, bytes, leaf_hash FROM ledger_entries ORDER BY idx")?;
     let mut rows = stmt.query([])?;
     check_checkpoints_at(&frontier, &mut checkpoints, &mut report);
     while let Some(r) = rows.next()? {
@@ -113,7 +112,8 @@ pub fn fsck(
         ));
     }
     // A node beyond what the tree covers would be one fsck never compared.
-    let stored_nodes: i64 = conn.query_row("SELECT COUNT(*) FROM ledger_nodes", [], |r| r.get(0))?;
+    let stored_nodes: i64 =
+        conn.query_row("SELECT COUNT(*) FROM ledger_nodes", [], |r| r.get(0))?;
     let want = expected_nodes(report.tree_size.min(report.entries));
     if stored_nodes as u64 != want {
         report.problem(format!(
@@ -179,7 +179,11 @@ fn check_note(
             "checkpoint of size {}: note says size {}, and its root {} the stored root",
             c.size,
             p.size,
-            if p.root == c.root { "matches" } else { "differs from" }
+            if p.root == c.root {
+                "matches"
+            } else {
+                "differs from"
+            }
         )),
         Ok(p) if origin.is_some_and(|o| o != p.origin) => report.problem(format!(
             "checkpoint of size {}: origin {:?}, expected {:?}",

@@ -34,8 +34,12 @@ use crate::{
 /// Most leaves integrated per step: bounds one step's write so it does not
 /// hold up the writer's other jobs for long.
 pub const INTEGRATION_BATCH: usize = 16_384;
-/// How often the integrator looks for new entries when it is idle.
-const POLL: Duration = Duration::from_millis(5);
+/// Bounds of the integrator's pause between steps when there is no backlog.
+/// Each step is one commit (one fsync) on the shared writer, so stepping
+/// rarely keeps integration from doubling the commits of a busy log; a
+/// quarter of the checkpoint interval keeps checkpoints on time.
+const MIN_POLL: Duration = Duration::from_millis(5);
+const MAX_POLL: Duration = Duration::from_millis(100);
 /// Wait before retrying a failed integration step.
 const RETRY: Duration = Duration::from_millis(200);
 /// Default and largest `ListEntries` page.
@@ -222,7 +226,7 @@ impl<S: LedgerStore + Clone> Integrator<S> {
             // A log always has a checkpoint, even when empty, so clients can
             // start from GetCheckpoint.
             let checkpoint = me.sign()?;
-            me.commit(Vec::new(), Some(checkpoint)).await?;
+            me.commit(Vec::new(), Vec::new(), Some(checkpoint)).await?;
         }
         Ok(me)
     }
@@ -253,15 +257,18 @@ impl<S: LedgerStore + Clone> Integrator<S> {
     pub async fn step(&mut self, interval: Duration) -> Result<usize, LedgerError> {
         let leaves = self
             .store
-            .leaf_hashes(self.frontier.size(), INTEGRATION_BATCH)
+            .leaves(self.frontier.size(), INTEGRATION_BATCH)
             .await?;
         let before = self.frontier.clone();
         let mut nodes = Vec::with_capacity(leaves.len() + 64);
-        for leaf in &leaves {
+        let mut parties = Vec::with_capacity(2 * leaves.len());
+        for leaf in leaves.iter() {
+            let index = self.frontier.size();
+            parties.extend(leaf.parties.iter().map(|p| (p.clone(), index)));
             // Level 0 is the entry's own leaf hash, already stored with it.
             nodes.extend(
                 self.frontier
-                    .append(*leaf)
+                    .append(leaf.hash)
                     .into_iter()
                     .filter(|n| n.0 > 0),
             );
@@ -273,7 +280,7 @@ impl<S: LedgerStore + Clone> Integrator<S> {
         if leaves.is_empty() && checkpoint.is_none() {
             return Ok(0);
         }
-        if let Err(e) = self.commit(nodes, checkpoint).await {
+        if let Err(e) = self.commit(nodes, parties, checkpoint).await {
             // Nothing was persisted; the next step redoes these leaves.
             self.frontier = before;
             return Err(e);
@@ -283,19 +290,20 @@ impl<S: LedgerStore + Clone> Integrator<S> {
 
     /// Steps until stopped: at once while there is a backlog, otherwise
     /// every few milliseconds, and when a checkpoint falls due.
-    pub fn spawn(
-        mut self,
-        interval: impl Fn() -> Duration + Send + 'static,
-    ) -> IntegratorHandle {
+    pub fn spawn(mut self, interval: impl Fn() -> Duration + Send + 'static) -> IntegratorHandle {
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(async move {
             loop {
                 if *stopped.borrow() {
                     break;
                 }
-                let pause = match self.step(interval()).await {
+                let interval = interval();
+                let poll = (interval / 4).clamp(MIN_POLL, MAX_POLL);
+                // Signing when the interval is within one pause of elapsing
+                // keeps the gap between checkpoints at most `interval`.
+                let pause = match self.step(interval.saturating_sub(poll)).await {
                     Ok(n) if n == INTEGRATION_BATCH => Duration::ZERO,
-                    Ok(_) => POLL,
+                    Ok(_) => poll,
                     Err(e) => {
                         tracing::error!(error = %e, "ledger integration failed; retrying");
                         RETRY
@@ -334,12 +342,14 @@ impl<S: LedgerStore + Clone> Integrator<S> {
     async fn commit(
         &mut self,
         nodes: Vec<(u8, u64, Hash)>,
+        parties: Vec<(String, u64)>,
         checkpoint: Option<StoredCheckpoint>,
     ) -> Result<(), LedgerError> {
         self.store
             .integrate(Integration {
                 size: self.frontier.size(),
                 nodes,
+                parties,
                 checkpoint: checkpoint.clone(),
             })
             .await?;
@@ -396,10 +406,7 @@ async fn check_checkpoint<S: LedgerStore>(
 /// Finds the latest ledger entry of a conversion by order id, as seen by the
 /// caller (the conversions service provides it).
 pub type OrderLookup = Arc<
-    dyn Fn(
-            Caller,
-            String,
-        ) -> Pin<Box<dyn Future<Output = Result<Option<u64>, StoreError>> + Send>>
+    dyn Fn(Caller, String) -> Pin<Box<dyn Future<Output = Result<Option<u64>, StoreError>> + Send>>
         + Send
         + Sync,
 >;
@@ -457,7 +464,10 @@ impl<S: LedgerStore + Clone> Ledger<S> {
 
     /// How long GetReceipt waits for a checkpoint covering a fresh entry
     /// (read per request, so it follows settings reloads).
-    pub fn with_receipt_wait(mut self, wait: impl Fn() -> Duration + Send + Sync + 'static) -> Self {
+    pub fn with_receipt_wait(
+        mut self,
+        wait: impl Fn() -> Duration + Send + Sync + 'static,
+    ) -> Self {
         self.receipt_wait = Arc::new(wait);
         self
     }
@@ -476,8 +486,7 @@ impl<S: LedgerStore + Clone> Ledger<S> {
 
     /// The latest signed checkpoint (a log always has one once open).
     pub fn checkpoint(&self) -> Result<Arc<Signed>, LedgerError> {
-        self
-            .latest
+        self.latest
             .borrow()
             .clone()
             .ok_or(LedgerError::NoSuchCheckpoint {
@@ -514,7 +523,6 @@ impl<S: LedgerStore + Clone> Ledger<S> {
             ));
         }
         let lookup = self
-            
             .order_lookup
             .as_ref()
             .ok_or(LedgerError::OrderLookupUnavailable)?;
@@ -571,7 +579,9 @@ impl<S: LedgerStore + Clone> Ledger<S> {
         let to: Signed = if to_size == 0 {
             (*self.checkpoint()?).clone()
         } else {
-            let c = i64::try_from(to_size).ok().map(|_| store.checkpoint(to_size));
+            let c = i64::try_from(to_size)
+                .ok()
+                .map(|_| store.checkpoint(to_size));
             match c {
                 Some(f) => f.await?,
                 None => None,

@@ -85,7 +85,11 @@ where
             if let Some(q) = p.quota.first() {
                 tracing::Span::current().record("quota", q.subject.as_str());
             }
-            tracing::debug!(path = req.uri().path(), reason = p.reason, "refused by quota");
+            tracing::debug!(
+                path = req.uri().path(),
+                reason = p.reason,
+                "refused by quota"
+            );
             return Either::Right(ready(Ok(p.into_status().into_http())));
         }
         Either::Left(self.inner.call(req))

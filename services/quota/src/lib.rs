@@ -528,7 +528,13 @@ impl Daily {
         if n.saturating_mul(1000) >= cap.saturating_mul(NEAR_LIMIT_PER_MILLE)
             && self.near.insert(key.to_owned())
         {
-            tracing::warn!(quota = key, used = n, limit = cap, kind = kind.as_str(), "quota near its daily limit");
+            tracing::warn!(
+                quota = key,
+                used = n,
+                limit = cap,
+                kind = kind.as_str(),
+                "quota near its daily limit"
+            );
             crossflow_api::metrics::get().quota_near_limit(kind.as_str(), class);
         }
     }
@@ -560,7 +566,11 @@ fn reject_all(overs: Vec<Over>) -> Problem {
         Some(QuotaKind::ReferralsPerDay) => "REFERRALS_PER_DAY_REACHED",
         _ => "RECIPROCITY_LIMIT_REACHED",
     };
-    let retry = overs.iter().map(|o| o.retry_after).max().unwrap_or_default();
+    let retry = overs
+        .iter()
+        .map(|o| o.retry_after)
+        .max()
+        .unwrap_or_default();
     let message = overs
         .iter()
         .map(|o| format!("quota {} exceeded: {}", o.subject, o.description))

@@ -77,19 +77,31 @@ fn exhausted(p: &Problem) -> (String, Duration) {
 #[test]
 fn gcra_admits_a_burst_then_the_rate_with_an_exact_retry_hint() {
     let fx = Fixture::new();
-    let q = Quotas::new(SettingsHandle::new(fx.settings(&body(10, 3, "", false, "", ""))));
+    let q = Quotas::new(SettingsHandle::new(
+        fx.settings(&body(10, 3, "", false, "", "")),
+    ));
     let t = Instant::now();
     for _ in 0..3 {
-        q.admit_at("alpha", QuotaClass::Referrals, t, T0_MS).unwrap();
+        q.admit_at("alpha", QuotaClass::Referrals, t, T0_MS)
+            .unwrap();
     }
-    let p = q.admit_at("alpha", QuotaClass::Referrals, t, T0_MS).unwrap_err();
+    let p = q
+        .admit_at("alpha", QuotaClass::Referrals, t, T0_MS)
+        .unwrap_err();
     let (subject, retry) = exhausted(&p);
     assert_eq!(subject, "partner:alpha/referrals/rate");
     assert_eq!(retry, Duration::from_millis(100));
-    assert!(p.quota[0].description.starts_with("limit 3:"), "{:?}", p.quota);
+    assert!(
+        p.quota[0].description.starts_with("limit 3:"),
+        "{:?}",
+        p.quota
+    );
     // Just before the hint it is still refused; at the hint it passes.
     let early = t + Duration::from_millis(99);
-    assert!(q.admit_at("alpha", QuotaClass::Referrals, early, T0_MS).is_err());
+    assert!(
+        q.admit_at("alpha", QuotaClass::Referrals, early, T0_MS)
+            .is_err()
+    );
     q.admit_at("alpha", QuotaClass::Referrals, t + retry, T0_MS)
         .unwrap();
     // Other classes and other partners are not limited.
@@ -111,16 +123,24 @@ fn daily_cap_refuses_until_local_midnight_and_a_new_day_starts_from_zero() {
         "",
     ))));
     let t = Instant::now();
-    q.admit_at("alpha", QuotaClass::Referrals, t, T0_MS).unwrap();
-    q.admit_at("alpha", QuotaClass::Referrals, t, T0_MS).unwrap();
-    let p = q.admit_at("alpha", QuotaClass::Referrals, t, T0_MS).unwrap_err();
+    q.admit_at("alpha", QuotaClass::Referrals, t, T0_MS)
+        .unwrap();
+    q.admit_at("alpha", QuotaClass::Referrals, t, T0_MS)
+        .unwrap();
+    let p = q
+        .admit_at("alpha", QuotaClass::Referrals, t, T0_MS)
+        .unwrap_err();
     let (subject, retry) = exhausted(&p);
     assert_eq!(subject, "partner:alpha/referrals/daily_cap");
     assert_eq!(p.reason, "DAILY_CAP_REACHED");
     assert_eq!(retry, Duration::from_secs(3600));
     let r = q.report_at("alpha", t, T0_MS);
     assert_eq!(r.day, "2026-03-10");
-    let cap = r.quotas.iter().find(|s| s.kind == QuotaKind::DailyCap).unwrap();
+    let cap = r
+        .quotas
+        .iter()
+        .find(|s| s.kind == QuotaKind::DailyCap)
+        .unwrap();
     assert_eq!((cap.limit, cap.used, cap.remaining), (2, 2, 0));
     assert_eq!(cap.reset_at_ms, T0_MS + 3_600_000);
     // The next local day.
@@ -142,24 +162,50 @@ fn shadow_quotas_count_but_never_refuse() {
     ))));
     let t = Instant::now();
     for _ in 0..5 {
-        q.admit_at("alpha", QuotaClass::Referrals, t, T0_MS).unwrap();
+        q.admit_at("alpha", QuotaClass::Referrals, t, T0_MS)
+            .unwrap();
     }
-    let s = fx.settings(&body(1, 1, "", true, "referrals_per_day = 1\nquota_shadow = true", "max_daily_imbalance = 1"));
+    let s = fx.settings(&body(
+        1,
+        1,
+        "",
+        true,
+        "referrals_per_day = 1\nquota_shadow = true",
+        "max_daily_imbalance = 1",
+    ));
     let flow = s.flow("alpha", "beta").unwrap();
     for _ in 0..3 {
         q.admit_hop_at(flow.agreement, flow.flow, T0_MS).unwrap();
     }
     let r = q.report_at("alpha", t, T0_MS);
-    let cap = r.quotas.iter().find(|s| s.kind == QuotaKind::DailyCap).unwrap();
+    let cap = r
+        .quotas
+        .iter()
+        .find(|s| s.kind == QuotaKind::DailyCap)
+        .unwrap();
     assert_eq!(cap.used, 5);
-    let per_day = r.quotas.iter().find(|s| s.kind == QuotaKind::ReferralsPerDay).unwrap();
-    assert_eq!((per_day.used, per_day.remaining, per_day.shadow), (3, 0, true));
+    let per_day = r
+        .quotas
+        .iter()
+        .find(|s| s.kind == QuotaKind::ReferralsPerDay)
+        .unwrap();
+    assert_eq!(
+        (per_day.used, per_day.remaining, per_day.shadow),
+        (3, 0, true)
+    );
 }
 
 #[test]
 fn referrals_per_day_and_reciprocity() {
     let fx = Fixture::new();
-    let s = fx.settings(&body(1, 1, "", false, "referrals_per_day = 5", "max_daily_imbalance = 2"));
+    let s = fx.settings(&body(
+        1,
+        1,
+        "",
+        false,
+        "referrals_per_day = 5",
+        "max_daily_imbalance = 2",
+    ));
     let q = Quotas::new(SettingsHandle::new(s.clone()));
     let ab = s.flow("alpha", "beta").unwrap();
     let ba = s.flow("beta", "alpha").unwrap();
@@ -182,7 +228,10 @@ fn referrals_per_day_and_reciprocity() {
     q.admit_hop_at(ab.agreement, ab.flow, T0_MS).unwrap();
     // 5 hops alpha->beta today: the daily cap.
     let p = q.admit_hop_at(ab.agreement, ab.flow, T0_MS).unwrap_err();
-    assert_eq!(exhausted(&p).0, "agreement:alpha-beta/alpha->beta/referrals_per_day");
+    assert_eq!(
+        exhausted(&p).0,
+        "agreement:alpha-beta/alpha->beta/referrals_per_day"
+    );
 }
 
 #[test]
@@ -191,14 +240,25 @@ fn a_reload_applies_to_the_next_call_and_keeps_the_state() {
     let handle = SettingsHandle::new(fx.settings(&body(1, 2, "daily_cap = 3", false, "", "")));
     let q = Quotas::new(handle.clone());
     let t = Instant::now();
-    q.admit_at("alpha", QuotaClass::Referrals, t, T0_MS).unwrap();
-    q.admit_at("alpha", QuotaClass::Referrals, t, T0_MS).unwrap();
-    assert!(q.admit_at("alpha", QuotaClass::Referrals, t, T0_MS).is_err());
+    q.admit_at("alpha", QuotaClass::Referrals, t, T0_MS)
+        .unwrap();
+    q.admit_at("alpha", QuotaClass::Referrals, t, T0_MS)
+        .unwrap();
+    assert!(
+        q.admit_at("alpha", QuotaClass::Referrals, t, T0_MS)
+            .is_err()
+    );
     handle.replace(fx.settings(&body(1, 3, "daily_cap = 3", false, "", "")));
-    q.admit_at("alpha", QuotaClass::Referrals, t, T0_MS).unwrap();
+    q.admit_at("alpha", QuotaClass::Referrals, t, T0_MS)
+        .unwrap();
     // The day's count survived the reload: 3 of 3 used.
     let p = q
-        .admit_at("alpha", QuotaClass::Referrals, t + Duration::from_secs(10), T0_MS)
+        .admit_at(
+            "alpha",
+            QuotaClass::Referrals,
+            t + Duration::from_secs(10),
+            T0_MS,
+        )
         .unwrap_err();
     assert_eq!(exhausted(&p).0, "partner:alpha/referrals/daily_cap");
 }
@@ -207,7 +267,8 @@ fn a_reload_applies_to_the_next_call_and_keeps_the_state() {
 async fn counters_are_written_behind_and_restored() {
     let fx = Fixture::new();
     let data = tempfile::tempdir().unwrap();
-    let handle = SettingsHandle::new(fx.settings(&body(1000, 1000, "daily_cap = 10", false, "", "")));
+    let handle =
+        SettingsHandle::new(fx.settings(&body(1000, 1000, "daily_cap = 10", false, "", "")));
     {
         let store = Sqlite::open(data.path()).unwrap();
         let q = Quotas::new(handle.clone());
@@ -228,7 +289,11 @@ async fn counters_are_written_behind_and_restored() {
     let q = Quotas::new(handle);
     q.restore(&store).await.unwrap();
     let r = q.report("alpha");
-    let cap = r.quotas.iter().find(|s| s.kind == QuotaKind::DailyCap).unwrap();
+    let cap = r
+        .quotas
+        .iter()
+        .find(|s| s.kind == QuotaKind::DailyCap)
+        .unwrap();
     assert_eq!(cap.used, 5);
 }
 
@@ -238,7 +303,10 @@ fn method_paths_map_to_classes() {
         class_of("/crossflow.v1.ReferralService/CreateReferral"),
         Some(QuotaClass::Referrals)
     );
-    assert_eq!(class_of("/crossflow.v1.TagService/PutTags"), Some(QuotaClass::Tags));
+    assert_eq!(
+        class_of("/crossflow.v1.TagService/PutTags"),
+        Some(QuotaClass::Tags)
+    );
     assert_eq!(
         class_of("/crossflow.v1.ConversionService/ReportConversion"),
         Some(QuotaClass::Conversions)

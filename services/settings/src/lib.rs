@@ -20,8 +20,8 @@ use std::{
 };
 
 pub use raw::{AttributionModel, Boost, Commission, Fraud, QuotaClass, RateQuota};
-pub use validate::valid_category;
 pub use tags::{TagSettings, TagValues};
+pub use validate::valid_category;
 
 // === errors ===
 

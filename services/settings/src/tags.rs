@@ -156,9 +156,7 @@ pub(crate) fn validate(raw: &raw::Config, errors: &mut Vec<ConfigError>) -> TagS
             push(
                 errors,
                 key.clone(),
-                format!(
-                    "must set exactly one of values, pattern or taxonomy, got {kinds}"
-                ),
+                format!("must set exactly one of values, pattern or taxonomy, got {kinds}"),
             );
         }
         // After an error the namespace still counts as declared, so that
@@ -194,11 +192,17 @@ pub(crate) fn validate(raw: &raw::Config, errors: &mut Vec<ConfigError>) -> TagS
                     push(
                         errors,
                         format!("{key}.values[{j}]"),
-                        format!("must be 1-{MAX_VALUE_BYTES} printable ASCII characters, got {v:?}"),
+                        format!(
+                            "must be 1-{MAX_VALUE_BYTES} printable ASCII characters, got {v:?}"
+                        ),
                     );
                 }
                 if !set.insert(v.clone()) {
-                    push(errors, format!("{key}.values[{j}]"), format!("repeats {v:?}"));
+                    push(
+                        errors,
+                        format!("{key}.values[{j}]"),
+                        format!("repeats {v:?}"),
+                    );
                 }
             }
             TagValues::Listed(set)

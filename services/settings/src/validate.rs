@@ -369,7 +369,10 @@ fn fraud(f: &raw::Fraud, e: &mut Errors) {
             );
         }
         if *cap == 0 {
-            e.push(key, "must be > 0, got 0 (remove it to use max_amount_minor)");
+            e.push(
+                key,
+                "must be > 0, got 0 (remove it to use max_amount_minor)",
+            );
         }
     }
 }

@@ -204,7 +204,9 @@ pub fn latest_entry_index(
     order_id: &str,
 ) -> Result<Option<u64>, StoreError> {
     let v: Option<i64> = conn
-        .prepare_cached("SELECT latest_index FROM conversions WHERE reporter = ?1 AND order_id = ?2")?
+        .prepare_cached(
+            "SELECT latest_index FROM conversions WHERE reporter = ?1 AND order_id = ?2",
+        )?
         .query_row([reporter, order_id], |r| r.get(0))
         .optional()?;
     v.map(to_u64).transpose()

@@ -98,14 +98,16 @@ impl LandingStore for Sqlite {
     }
 }
 
-const COLUMNS: &str = "referral_id, agreement_id, from_partner, to_partner, chain, hop, parent_id, \
-    target, origin, origin_uid, dest_uid, issued_at_ms, expires_at_ms, redeemed_at_ms, tag_access";
+// Literal SQL (not format!): prepare_cached hashes the text on every call.
+const INSERT: &str = "INSERT INTO landings (referral_id, agreement_id, from_partner, to_partner, \
+    chain, hop, parent_id, target, origin, origin_uid, dest_uid, issued_at_ms, expires_at_ms, \
+    redeemed_at_ms, tag_access) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
+const SELECT: &str = "SELECT referral_id, agreement_id, from_partner, to_partner, chain, hop, \
+    parent_id, target, origin, origin_uid, dest_uid, issued_at_ms, expires_at_ms, redeemed_at_ms, \
+    tag_access FROM landings WHERE referral_id = ?1";
 
 fn insert(conn: &Connection, l: &Landing) -> Result<(), StoreError> {
-    let sql = format!(
-        "INSERT INTO landings ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
-    );
-    conn.prepare_cached(&sql)?.execute(params![
+    conn.prepare_cached(INSERT)?.execute(params![
         &l.referral_id[..],
         l.agreement_id,
         l.from,
@@ -127,15 +129,14 @@ fn insert(conn: &Connection, l: &Landing) -> Result<(), StoreError> {
 
 /// Reads one landing by referral id.
 pub fn select(conn: &Connection, referral_id: &[u8; 16]) -> Result<Option<Landing>, StoreError> {
-    let sql = format!("SELECT {COLUMNS} FROM landings WHERE referral_id = ?1");
     let row = conn
-        .prepare_cached(&sql)?
+        .prepare_cached(SELECT)?
         .query_row([&referral_id[..]], |r| Ok(from_row(r)))
         .optional()?;
     row.transpose()
 }
 
-/// Decodes a row selected with [`COLUMNS`] in order.
+/// Decodes a row selected with the columns of [`SELECT`] in order.
 fn from_row(r: &Row<'_>) -> Result<Landing, StoreError> {
     let chain: String = r.get(4)?;
     Ok(Landing {

@@ -9,17 +9,17 @@
 pub mod conversions;
 mod db;
 pub mod landings;
+pub mod ledger;
 pub mod quotas;
 pub mod tags;
-pub mod ledger;
 
 use std::{path::Path, sync::Arc};
 
 pub use db::{Db, Migration, WriterStats};
 pub use landings::{Landing, LandingStore, Redeemed};
+pub use ledger::{LedgerStore, Sequenced};
 pub use quotas::QuotaCounterStore;
 pub use tags::{OptOutLookup, TagStore};
-pub use ledger::{LedgerStore, Sequenced};
 
 /// A storage failure. Cloneable because one commit failure answers every
 /// write of its batch.
@@ -53,7 +53,13 @@ impl From<rusqlite::Error> for StoreError {
 }
 
 /// Every migration of the embedded schema, in order.
-pub const MIGRATIONS: &[Migration] = &[landings::MIGRATION, ledger::MIGRATION, quotas::MIGRATION, conversions::MIGRATION, tags::MIGRATION];
+pub const MIGRATIONS: &[Migration] = &[
+    landings::MIGRATION,
+    ledger::MIGRATION,
+    quotas::MIGRATION,
+    conversions::MIGRATION,
+    tags::MIGRATION,
+];
 
 /// The SQLite implementation of every storage trait.
 #[derive(Debug, Clone)]

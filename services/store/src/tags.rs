@@ -446,7 +446,12 @@ fn select_disclosures(
          ORDER BY disclosed_at_ms, id",
     )?;
     let rows = stmt.query_map(
-        params![q.owner, q.since_ms, q.reader, q.uid.as_ref().map(|u| &u[..])],
+        params![
+            q.owner,
+            q.since_ms,
+            q.reader,
+            q.uid.as_ref().map(|u| &u[..])
+        ],
         |r| {
             Ok((
                 r.get::<_, i64>(0)?,

@@ -9,7 +9,8 @@ use crossflow_settings::Settings;
 use crossflow_store::tags::{Disclosure, DisclosureQuery, read_disclosures};
 
 /// The CSV header; one row per disclosure follows.
-pub const HEADER: &str = "disclosed_at,owner,reader,uid,agreement_id,referral_id,namespaces,tag_count,pseudonym_epoch";
+pub const HEADER: &str =
+    "disclosed_at,owner,reader,uid,agreement_id,referral_id,namespaces,tag_count,pseudonym_epoch";
 
 /// What to list.
 #[derive(Debug, Clone, Default)]
@@ -149,6 +150,10 @@ mod tests {
             parse_since("1970-01-02", "Asia/Shanghai"),
             Ok((24 - 8) * 3_600_000)
         );
-        assert!(parse_since("yesterday", "UTC").unwrap_err().contains("--since"));
+        assert!(
+            parse_since("yesterday", "UTC")
+                .unwrap_err()
+                .contains("--since")
+        );
     }
 }

@@ -22,10 +22,8 @@ use crossflow_api::{Kind, Problem, check::Checks};
 use crossflow_identity::{KeyRing, Pseudonym, ReferralId, Uid};
 use crossflow_referrals::Clock;
 use crossflow_settings::{SettingsHandle, TagValues};
-use crossflow_store::tags::{
-    Disclosure, NewTag, Publication, Published, StoredTag, TagStore,
-};
 use crossflow_store::StoreError;
+use crossflow_store::tags::{Disclosure, NewTag, Publication, Published, StoredTag, TagStore};
 
 pub use policy::check_settings;
 
@@ -65,14 +63,14 @@ impl TagError {
         match self {
             E::Invalid(p) => p.clone(),
             E::OptedOut => Problem::new(Kind::FailedPrecondition, "USER_OPTED_OUT", msg),
-            E::RequestReused(id) => Problem::new(Kind::AlreadyExists, "REQUEST_ID_REUSED", msg)
-                .with("request_id", id),
+            E::RequestReused(id) => {
+                Problem::new(Kind::AlreadyExists, "REQUEST_ID_REUSED", msg).with("request_id", id)
+            }
             E::NotFound(id) => {
                 Problem::new(Kind::NotFound, "REFERRAL_NOT_FOUND", msg).with("referral_id", id)
             }
             E::NotDestination(id) => {
-                Problem::new(Kind::PermissionDenied, "NOT_DESTINATION", msg)
-                    .with("referral_id", id)
+                Problem::new(Kind::PermissionDenied, "NOT_DESTINATION", msg).with("referral_id", id)
             }
             E::NoTagAgreement { origin, reader } => {
                 Problem::new(Kind::PermissionDenied, "NO_TAG_AGREEMENT", msg)
@@ -165,7 +163,10 @@ impl<S: TagStore> Tags<S> {
         } else if tags.len() > MAX_TAGS_PER_CALL {
             c.violation(
                 "tags",
-                format!("must list at most {MAX_TAGS_PER_CALL} tags, got {}", tags.len()),
+                format!(
+                    "must list at most {MAX_TAGS_PER_CALL} tags, got {}",
+                    tags.len()
+                ),
             );
         }
         let mut seen = BTreeSet::new();
@@ -173,10 +174,15 @@ impl<S: TagStore> Tags<S> {
         for (i, tag) in tags.iter().enumerate() {
             let (ns, v) = (tag.namespace.as_str(), tag.value.as_str());
             match t.namespaces.get(ns) {
-                None if ns.is_empty() => c.violation(&format!("tags[{i}].namespace"), "must not be empty"),
+                None if ns.is_empty() => {
+                    c.violation(&format!("tags[{i}].namespace"), "must not be empty")
+                }
                 None => c.violation(
                     &format!("tags[{i}].namespace"),
-                    format!("is not a namespace this gateway allows, got {:?}", short(ns)),
+                    format!(
+                        "is not a namespace this gateway allows, got {:?}",
+                        short(ns)
+                    ),
                 ),
                 Some(_) if t.sensitive_namespaces.contains(ns) => c.violation(
                     &format!("tags[{i}].namespace"),
@@ -189,7 +195,9 @@ impl<S: TagStore> Tags<S> {
                     } else if policy::is_sensitive(t, ns, v) {
                         c.violation(
                             &field,
-                            format!("{ns}/{v} is sensitive: it is never shared, so it is not accepted"),
+                            format!(
+                                "{ns}/{v} is sensitive: it is never shared, so it is not accepted"
+                            ),
                         );
                     } else if !seen.insert((ns, v)) {
                         c.violation(&field, format!("repeats the tag {ns}/{v}"));
@@ -202,12 +210,17 @@ impl<S: TagStore> Tags<S> {
                 Some(Ok(s)) => {
                     c.violation(
                         &format!("tags[{i}].ttl"),
-                        format!("must be at most {max_ttl_secs} s ([tags] max_ttl_secs), got {s} s"),
+                        format!(
+                            "must be at most {max_ttl_secs} s ([tags] max_ttl_secs), got {s} s"
+                        ),
                     );
                     0
                 }
                 Some(Err(())) => {
-                    c.violation(&format!("tags[{i}].ttl"), "must be whole, non-negative seconds");
+                    c.violation(
+                        &format!("tags[{i}].ttl"),
+                        "must be whole, non-negative seconds",
+                    );
                     0
                 }
             };
@@ -220,8 +233,8 @@ impl<S: TagStore> Tags<S> {
         c.finish().map_err(TagError::Invalid)?;
 
         let uid = self.keys.uid(caller, subject);
-        let request = (!request_id.is_empty())
-            .then(|| (request_id.to_owned(), fingerprint(&uid, &new)));
+        let request =
+            (!request_id.is_empty()).then(|| (request_id.to_owned(), fingerprint(&uid, &new)));
         let p = Publication {
             owner: caller.to_owned(),
             uid: uid.0,
@@ -272,8 +285,13 @@ impl<S: TagStore> Tags<S> {
             .collect();
         let uid = Uid(l.origin_uid);
         let pseudonym = self.keys.pseudonym(caller, &l.origin, &uid);
-        let previous_pseudonyms =
-            self.previous_pseudonyms(caller, &l.origin, &uid, now, settings.tags.pseudonym_overlap_days);
+        let previous_pseudonyms = self.previous_pseudonyms(
+            caller,
+            &l.origin,
+            &uid,
+            now,
+            settings.tags.pseudonym_overlap_days,
+        );
         if !tags.is_empty() {
             let namespaces: BTreeSet<&str> = tags.iter().map(|t| t.namespace.as_str()).collect();
             self.store
@@ -333,8 +351,13 @@ impl<S: TagStore> Tags<S> {
         let epochs = self.keys.epochs();
         let mut out: Vec<Pseudonym> = epochs
             .windows(2)
-            .filter(|w| w[0].epoch != current && now_ms < w[1].created_at_ms.saturating_add(overlap_ms))
-            .filter_map(|w| self.keys.pseudonym_in_epoch(viewer, origin, uid, w[0].epoch))
+            .filter(|w| {
+                w[0].epoch != current && now_ms < w[1].created_at_ms.saturating_add(overlap_ms)
+            })
+            .filter_map(|w| {
+                self.keys
+                    .pseudonym_in_epoch(viewer, origin, uid, w[0].epoch)
+            })
             .collect();
         out.reverse();
         out
@@ -344,13 +367,19 @@ impl<S: TagStore> Tags<S> {
 /// Deletes expired tags every `every` until aborted (publications also
 /// purge as they write). Abort it before closing the store: it holds a
 /// handle.
-pub fn spawn_purger<S: TagStore>(store: S, every: std::time::Duration) -> tokio::task::JoinHandle<()> {
+pub fn spawn_purger<S: TagStore>(
+    store: S,
+    every: std::time::Duration,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            match store.purge_expired(crossflow_referrals::SystemClock.now_ms()).await {
+            match store
+                .purge_expired(crossflow_referrals::SystemClock.now_ms())
+                .await
+            {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!(purged = n, "expired tags purged"),
                 Err(StoreError::Closed) => return,
@@ -372,7 +401,10 @@ fn value_problem(values: &TagValues, ns: &str, v: &str) -> Option<String> {
         )),
         TagValues::Taxonomy(_) => None,
         _ if values.allows(v) => None,
-        _ => Some(format!("is not a value namespace {ns:?} allows, got {:?}", short(v))),
+        _ => Some(format!(
+            "is not a value namespace {ns:?} allows, got {:?}",
+            short(v)
+        )),
     }
 }
 

@@ -64,13 +64,10 @@ pub fn is_sensitive(tags: &TagSettings, namespace: &str, value: &str) -> bool {
         return false;
     }
     match tags.namespaces.get(namespace) {
-        Some(TagValues::Taxonomy(_)) => taxonomy::iab_audience()
-            .lineage(value)
-            .iter()
-            .any(|id| {
-                tags.sensitive_values
-                    .contains(&(namespace.to_owned(), id.to_string()))
-            }),
+        Some(TagValues::Taxonomy(_)) => taxonomy::iab_audience().lineage(value).iter().any(|id| {
+            tags.sensitive_values
+                .contains(&(namespace.to_owned(), id.to_string()))
+        }),
         _ => tags
             .sensitive_values
             .contains(&(namespace.to_owned(), value.to_owned())),

@@ -103,7 +103,11 @@ async fn publish_names_every_bad_field() {
         input("iab-audience", "386", None),
         input("iab-audience", "354", Some(Err(()))),
     ];
-    let e = t.publish("a", "user-1", &bad, "").await.unwrap_err().problem();
+    let e = t
+        .publish("a", "user-1", &bad, "")
+        .await
+        .unwrap_err()
+        .problem();
     let fields: Vec<&str> = e.violations.iter().map(|v| v.field.as_str()).collect();
     assert_eq!(
         fields,

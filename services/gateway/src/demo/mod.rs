@@ -14,6 +14,8 @@ use tonic_types::StatusExt;
 use crate::{server, testbed::Testbed};
 
 mod conversions;
+mod quotas;
+mod tags;
 
 const MOMBABY: &str = "mombaby-live";
 const HOMEDECOR: &str = "homedecor-live";
@@ -73,6 +75,18 @@ from = "beauty-live"
 to = "homedecor-live"
 tag_scopes = ["iab-audience"]
 commission = { default_bps = 500 }
+
+[tags]
+sensitive = ["iab-audience/381"]
+[[tags.namespaces]]
+name = "iab-audience"
+taxonomy = "iab-audience-1.1"
+[[tags.namespaces]]
+name = "life-stage"
+values = ["expecting", "newborn", "toddler"]
+[[tags.namespaces]]
+name = "budget-band"
+values = ["value", "premium"]
 "#;
 
 /// Why the demo failed.
@@ -285,6 +299,9 @@ pub async fn run(keep: Option<&Path>) -> Result<String, DemoError> {
 
     report.push_str(&summary(&t));
     conversions::run(&bed, gw.addr, &mut report).await?;
+    // Before the quota section, which exhausts the partners' quotas.
+    tags::run(&bed, gw.addr, &mut report).await?;
+    quotas::run(&bed, gw.addr, &mut report).await?;
     gw.shutdown().await?;
     if let Some(dir) = keep {
         let _ = writeln!(

@@ -101,7 +101,10 @@ async fn tree_after_reopen_equals_tree_from_entries() {
         assert_eq!(c.from.unwrap().note, old.note);
     }
 
-    let report = s.db().read_blocking(|c| fsck(c, Some(&verifier), Some(ORIGIN))).unwrap();
+    let report = s
+        .db()
+        .read_blocking(|c| fsck(c, Some(&verifier), Some(ORIGIN)))
+        .unwrap();
     assert!(report.ok(), "{report:?}");
     assert_eq!(report.entries, 20_003);
     assert_eq!(report.checkpoints_checked, 8);
@@ -156,7 +159,10 @@ async fn checkpoints_follow_the_interval() {
         .receipt(&Caller::Partner("a".into()), 6, Duration::from_millis(20))
         .await;
     assert!(
-        matches!(pending, Err(LedgerError::NotYetCheckpointed { index: 6, .. })),
+        matches!(
+            pending,
+            Err(LedgerError::NotYetCheckpointed { index: 6, .. })
+        ),
         "{pending:?}"
     );
     // Once due, a step with no new entries still signs the grown tree.
@@ -201,19 +207,38 @@ async fn parties_see_only_their_entries() {
     let page = ledger.list(&a, 5, 3).await.unwrap();
     let idx: Vec<u64> = page.entries.iter().map(|e| e.index).collect();
     assert_eq!((idx, page.next), (vec![6, 8], None));
-    let idx: Vec<u64> = ledger.list(&c, 0, 0).await.unwrap().entries.iter().map(|e| e.index).collect();
+    let idx: Vec<u64> = ledger
+        .list(&c, 0, 0)
+        .await
+        .unwrap()
+        .entries
+        .iter()
+        .map(|e| e.index)
+        .collect();
     assert_eq!(idx, vec![0, 3, 6, 9]);
-    let all = ledger.list(&Caller::Operator("ops".into()), 0, 0).await.unwrap();
+    let all = ledger
+        .list(&Caller::Operator("ops".into()), 0, 0)
+        .await
+        .unwrap();
     assert_eq!(all.entries.len(), 10);
     assert_eq!(all.entries[7].bytes, entry_bytes(7));
-    let nobody = ledger.list(&Caller::Partner("z".into()), 0, 0).await.unwrap();
+    let nobody = ledger
+        .list(&Caller::Partner("z".into()), 0, 0)
+        .await
+        .unwrap();
     assert!(nobody.entries.is_empty());
 
     assert!(ledger.receipt(&c, 3, Duration::ZERO).await.is_ok());
     let denied = ledger.receipt(&c, 1, Duration::ZERO).await;
-    assert!(matches!(denied, Err(LedgerError::NotParty(1))), "{denied:?}");
+    assert!(
+        matches!(denied, Err(LedgerError::NotParty(1))),
+        "{denied:?}"
+    );
     let missing = ledger.receipt(&a, 10, Duration::ZERO).await;
-    assert!(matches!(missing, Err(LedgerError::NoSuchEntry(10))), "{missing:?}");
+    assert!(
+        matches!(missing, Err(LedgerError::NoSuchEntry(10))),
+        "{missing:?}"
+    );
 }
 
 #[tokio::test]
@@ -232,12 +257,35 @@ async fn bad_requests_name_their_field() {
         LedgerError::NoSuchCheckpoint { field, .. } => field,
         other => panic!("{other:?}"),
     };
-    assert_eq!(field(ledger.list(&a, 0, 1001).await.unwrap_err()), "page_size");
-    assert_eq!(field(ledger.list(&a, u64::MAX, 1).await.unwrap_err()), "since_index");
-    assert_eq!(field(ledger.consistency(0, 4).await.unwrap_err()), "from_size");
-    assert_eq!(field(ledger.consistency(5, 0).await.unwrap_err()), "from_size");
-    assert_eq!(field(ledger.consistency(1, 3).await.unwrap_err()), "to_size");
-    assert_eq!(field(ledger.receipt(&a, u64::MAX, Duration::ZERO).await.unwrap_err()), "index");
+    assert_eq!(
+        field(ledger.list(&a, 0, 1001).await.unwrap_err()),
+        "page_size"
+    );
+    assert_eq!(
+        field(ledger.list(&a, u64::MAX, 1).await.unwrap_err()),
+        "since_index"
+    );
+    assert_eq!(
+        field(ledger.consistency(0, 4).await.unwrap_err()),
+        "from_size"
+    );
+    assert_eq!(
+        field(ledger.consistency(5, 0).await.unwrap_err()),
+        "from_size"
+    );
+    assert_eq!(
+        field(ledger.consistency(1, 3).await.unwrap_err()),
+        "to_size"
+    );
+    assert_eq!(
+        field(
+            ledger
+                .receipt(&a, u64::MAX, Duration::ZERO)
+                .await
+                .unwrap_err()
+        ),
+        "index"
+    );
     assert!(matches!(
         ledger.resolve(&a, "order-1").await,
         Err(LedgerError::OrderLookupUnavailable)
@@ -258,15 +306,27 @@ async fn refuses_to_sign_over_a_tampered_tree() {
     drop(integ);
     s.db()
         .write(|c| {
-            c.execute("UPDATE ledger_nodes SET hash = zeroblob(32) WHERE level = 3 AND idx = 0", [])?;
+            c.execute(
+                "UPDATE ledger_nodes SET hash = zeroblob(32) WHERE level = 3 AND idx = 0",
+                [],
+            )?;
             Ok(())
         })
         .await
         .unwrap();
     let verifier = signer().verifier();
-    let report = s.db().read_blocking(|c| fsck(c, Some(&verifier), Some(ORIGIN))).unwrap();
+    let report = s
+        .db()
+        .read_blocking(|c| fsck(c, Some(&verifier), Some(ORIGIN)))
+        .unwrap();
     assert!(!report.ok());
-    assert!(report.problems.iter().any(|p| p.contains("level 3, index 0")), "{report:?}");
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains("level 3, index 0")),
+        "{report:?}"
+    );
 
     let reopened = Integrator::open(s.clone(), signer(), ORIGIN.into()).await;
     assert!(
@@ -275,7 +335,11 @@ async fn refuses_to_sign_over_a_tampered_tree() {
     );
     // Another key's checkpoints are not ours to extend either.
     let other = Signer::from_seed("crossflow-ledger", &[8; 32]).unwrap();
-    assert!(Integrator::open(s.clone(), other, ORIGIN.into()).await.is_err());
+    assert!(
+        Integrator::open(s.clone(), other, ORIGIN.into())
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test]
@@ -289,7 +353,10 @@ async fn fsck_finds_rewritten_entries() {
     drain(&mut integ, Duration::ZERO).await;
     s.db()
         .write(|c| {
-            c.execute("UPDATE ledger_entries SET bytes = x'7b7d' WHERE idx = 2", [])?;
+            c.execute(
+                "UPDATE ledger_entries SET bytes = x'7b7d' WHERE idx = 2",
+                [],
+            )?;
             Ok(())
         })
         .await
@@ -297,5 +364,11 @@ async fn fsck_finds_rewritten_entries() {
     let report = s.db().read_blocking(|c| fsck(c, None, None)).unwrap();
     assert!(!report.ok());
     assert!(report.problems[0].contains("entry 2"), "{report:?}");
-    assert!(report.problems.iter().any(|p| p.contains("checkpoint of size 5")), "{report:?}");
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains("checkpoint of size 5")),
+        "{report:?}"
+    );
 }

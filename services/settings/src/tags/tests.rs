@@ -61,7 +61,10 @@ fn absent_table_allows_only_the_iab_taxonomy() {
     let s = load(&text).unwrap();
     assert_eq!(s.tags.max_ttl_secs, 30 * 86_400);
     assert_eq!(s.tags.pseudonym_overlap_days, 90);
-    assert_eq!(s.tags.namespaces.keys().collect::<Vec<_>>(), ["iab-audience"]);
+    assert_eq!(
+        s.tags.namespaces.keys().collect::<Vec<_>>(),
+        ["iab-audience"]
+    );
     assert!(s.tags.sensitive_namespaces.is_empty());
 }
 
@@ -87,16 +90,56 @@ fn full_table_is_read() {
 #[test]
 fn every_rule_names_key_and_value() {
     let cases = [
-        ("max_ttl_secs = 3600", "max_ttl_secs = 0", "tags.max_ttl_secs must be 1-31536000 seconds, got 0"),
-        ("pseudonym_overlap_days = 7", "pseudonym_overlap_days = 4000", "tags.pseudonym_overlap_days must be 0-3650 days, got 4000"),
-        ("pattern = \"[a-z]+\"", "pattern = \"[a-z\"", "tags.namespaces[2].pattern is not a valid regular expression"),
-        ("pattern = \"[a-z]+\"", "pattern = \"x\"\nvalues = [\"y\"]", "tags.namespaces[2] must set exactly one of values, pattern or taxonomy, got 2"),
-        ("taxonomy = \"iab-audience-1.1\"", "taxonomy = \"iab-2\"", "tags.namespaces[0].taxonomy must be \"iab-audience-1.1\", got \"iab-2\""),
-        ("name = \"style\"", "name = \"Style\"", "tags.namespaces[3].name must be 1-64 lowercase letters"),
-        ("values = [\"expecting\", \"newborn\"]", "values = [\"expecting\", \"expecting\"]", "tags.namespaces[1].values[1] repeats \"expecting\""),
-        ("\"life-stage/expecting\"", "\"life-stage/retired\"", "tags.sensitive[1] names a value namespace \"life-stage\" does not allow, got \"life-stage/retired\""),
-        ("\"health\"]", "\"wealth\"]", "tags.sensitive[2] names a namespace not declared in tags.namespaces, got \"wealth\""),
-        ("[\"iab-audience\", \"life-stage\"]", "[\"iab-audience\", \"lifestage\"]", "agreements[0].flows[0].tag_scopes[1] names a namespace not declared in tags.namespaces, got \"lifestage\""),
+        (
+            "max_ttl_secs = 3600",
+            "max_ttl_secs = 0",
+            "tags.max_ttl_secs must be 1-31536000 seconds, got 0",
+        ),
+        (
+            "pseudonym_overlap_days = 7",
+            "pseudonym_overlap_days = 4000",
+            "tags.pseudonym_overlap_days must be 0-3650 days, got 4000",
+        ),
+        (
+            "pattern = \"[a-z]+\"",
+            "pattern = \"[a-z\"",
+            "tags.namespaces[2].pattern is not a valid regular expression",
+        ),
+        (
+            "pattern = \"[a-z]+\"",
+            "pattern = \"x\"\nvalues = [\"y\"]",
+            "tags.namespaces[2] must set exactly one of values, pattern or taxonomy, got 2",
+        ),
+        (
+            "taxonomy = \"iab-audience-1.1\"",
+            "taxonomy = \"iab-2\"",
+            "tags.namespaces[0].taxonomy must be \"iab-audience-1.1\", got \"iab-2\"",
+        ),
+        (
+            "name = \"style\"",
+            "name = \"Style\"",
+            "tags.namespaces[3].name must be 1-64 lowercase letters",
+        ),
+        (
+            "values = [\"expecting\", \"newborn\"]",
+            "values = [\"expecting\", \"expecting\"]",
+            "tags.namespaces[1].values[1] repeats \"expecting\"",
+        ),
+        (
+            "\"life-stage/expecting\"",
+            "\"life-stage/retired\"",
+            "tags.sensitive[1] names a value namespace \"life-stage\" does not allow, got \"life-stage/retired\"",
+        ),
+        (
+            "\"health\"]",
+            "\"wealth\"]",
+            "tags.sensitive[2] names a namespace not declared in tags.namespaces, got \"wealth\"",
+        ),
+        (
+            "[\"iab-audience\", \"life-stage\"]",
+            "[\"iab-audience\", \"lifestage\"]",
+            "agreements[0].flows[0].tag_scopes[1] names a namespace not declared in tags.namespaces, got \"lifestage\"",
+        ),
     ];
     for (from, to, want) in cases {
         let text = format!("{HEAD}{TAGS}");

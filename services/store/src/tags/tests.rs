@@ -99,9 +99,13 @@ async fn request_ids_replay_or_refuse() {
 async fn opt_out_deletes_and_blocks() {
     let (_d, s) = open();
     s.redeem(landing(1)).await.unwrap();
-    s.publish(publication(1, vec![tag("x", "1", HOUR), tag("y", "2", HOUR)], 0))
-        .await
-        .unwrap();
+    s.publish(publication(
+        1,
+        vec![tag("x", "1", HOUR), tag("y", "2", HOUR)],
+        0,
+    ))
+    .await
+    .unwrap();
     s.publish(publication(2, vec![tag("x", "1", HOUR)], 0))
         .await
         .unwrap();
@@ -148,14 +152,23 @@ async fn disclosures_filter_and_read_without_the_lock() {
     assert_eq!(all.len(), 3);
     assert_eq!(all[0], d(10, "b", 1));
     let ats = |v: Vec<Disclosure>| v.iter().map(|d| d.disclosed_at_ms).collect::<Vec<_>>();
-    assert_eq!(ats(s.disclosures(q(Some("b"), None, 0)).await.unwrap()), [10, 30]);
-    assert_eq!(ats(s.disclosures(q(None, Some(1), 15)).await.unwrap()), [20]);
+    assert_eq!(
+        ats(s.disclosures(q(Some("b"), None, 0)).await.unwrap()),
+        [10, 30]
+    );
+    assert_eq!(
+        ats(s.disclosures(q(None, Some(1), 15)).await.unwrap()),
+        [20]
+    );
     let other_owner = DisclosureQuery {
         owner: "b".into(),
         ..q(None, None, 0)
     };
     assert!(s.disclosures(other_owner).await.unwrap().is_empty());
     // While the store is open (and locked) by this handle.
-    assert_eq!(ats(read_disclosures(dir.path(), &q(None, None, 0)).unwrap()), [10, 20, 30]);
+    assert_eq!(
+        ats(read_disclosures(dir.path(), &q(None, None, 0)).unwrap()),
+        [10, 20, 30]
+    );
     assert!(read_disclosures(&dir.path().join("nope"), &q(None, None, 0)).is_err());
 }

@@ -146,6 +146,8 @@ fn sensitive_values_and_subtrees() {
     let typo = settings(&CONFIG.replace("iab-audience/381", "iab-audience/9999"));
     assert_eq!(
         check_settings(&typo),
-        ["tags.sensitive names an id that is not in the IAB Audience Taxonomy 1.1, got \"iab-audience/9999\""]
+        [
+            "tags.sensitive names an id that is not in the IAB Audience Taxonomy 1.1, got \"iab-audience/9999\""
+        ]
     );
 }
