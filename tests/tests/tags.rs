@@ -625,7 +625,7 @@ async fn pseudonyms_are_pairwise_stable_and_survive_rotation() {
     assert_eq!(b2.epoch, rotated.epoch);
     assert_eq!(b2.epoch, b1.epoch + 1);
     assert_ne!(b2.value, b1.value);
-    assert_eq!(r.previous_pseudonyms, [b1.clone()]);
+    assert_eq!(r.previous_pseudonyms, std::slice::from_ref(&b1));
     let c = read(&gw, GAMMA, &to_gamma).await.unwrap();
     assert_eq!(c.previous_pseudonyms, [c1]);
     assert_ne!(c.pseudonym.unwrap().value, b2.value);

@@ -121,14 +121,41 @@ pub struct Report {
 }
 
 /// The quota engine. One per gateway; share it with `Arc`.
+/// GCRA state of one partner and class.
+#[derive(Debug, Default, Clone, Copy)]
+struct Gcra {
+    /// Theoretical arrival time, in ns since `Quotas::epoch` (0 = never).
+    tat: u64,
+    /// Emission interval (ns per call) the `tat` was computed under.
+    t: u64,
+}
+
+// === impl Gcra ===
+
+impl Gcra {
+    /// The outstanding debt at `now_ns`, in ns at emission interval `t`.
+    ///
+    /// When a reload changes the rate, the debt is rescaled so that it stands
+    /// for the same number of outstanding calls: a raised limit applies at
+    /// once (2/s -> 50/s does not keep the caller waiting out 2/s debt) and a
+    /// lowered one does not hand out fresh credit.
+    fn debt(&self, now_ns: u64, t: u64) -> u64 {
+        let debt = self.tat.saturating_sub(now_ns);
+        if self.t == 0 || self.t == t {
+            return debt;
+        }
+        let scaled = u128::from(debt) * u128::from(t) / u128::from(self.t);
+        u64::try_from(scaled).unwrap_or(u64::MAX)
+    }
+}
+
 #[derive(Debug)]
 pub struct Quotas {
     settings: SettingsHandle,
     epoch: Instant,
-    /// Partner -> GCRA theoretical arrival time per class, in ns since
-    /// `epoch` (0 = never called). A lock per partner: one partner's flood
-    /// never waits on another's.
-    cells: RwLock<HashMap<String, Arc<Mutex<[u64; 4]>>>>,
+    /// Partner -> GCRA state per class. A lock per partner: one partner's
+    /// flood never waits on another's.
+    cells: RwLock<HashMap<String, Arc<Mutex<[Gcra; 4]>>>>,
     daily: Mutex<Daily>,
 }
 
@@ -195,8 +222,8 @@ impl Quotas {
         let cname = class_name(class);
         let now_ns = self.ns(now);
         let cell = self.cell(partner);
-        let mut tats = cell.lock().map_err(|_| poisoned())?;
-        let tat = &mut tats[class_index(class)];
+        let mut cells = cell.lock().map_err(|_| poisoned())?;
+        let gcra = &mut cells[class_index(class)];
 
         // Daily first: a call refused for the day must not use rate credit.
         let key = format!("partner/{partner}/{cname}");
@@ -226,7 +253,9 @@ impl Quotas {
         // GCRA: conforming iff the new arrival time is within burst * T.
         let t = 1_000_000_000 / u64::from(q.rate_per_sec.max(1));
         let tau = t.saturating_mul(u64::from(q.burst.max(1)));
-        let new_tat = (*tat).max(now_ns).saturating_add(t);
+        let new_tat = now_ns
+            .saturating_add(gcra.debt(now_ns, t))
+            .saturating_add(t);
         let ahead = new_tat - now_ns;
         if ahead > tau {
             let over = Over {
@@ -246,9 +275,12 @@ impl Quotas {
             daily.shadowed(&over);
             // Let it through, but keep no more debt than a full burst: a
             // limit switched from shadow to enforced starts fair.
-            *tat = new_tat.min(now_ns.saturating_add(tau));
+            *gcra = Gcra {
+                tat: new_tat.min(now_ns.saturating_add(tau)),
+                t,
+            };
         } else {
-            *tat = new_tat;
+            *gcra = Gcra { tat: new_tat, t };
         }
         let n = daily.add(&key);
         if let Some(cap) = q.daily_cap {
@@ -335,7 +367,7 @@ impl Quotas {
         let settings = self.settings.get();
         let now_ns = self.ns(now);
         let mut quotas = Vec::new();
-        let tats = self
+        let cells = self
             .cells
             .read()
             .ok()
@@ -354,7 +386,7 @@ impl Quotas {
                 let t = 1_000_000_000 / u64::from(q.rate_per_sec.max(1));
                 let burst = u64::from(q.burst.max(1));
                 let tau = t.saturating_mul(burst);
-                let debt = tats[class_index(*class)].saturating_sub(now_ns);
+                let debt = cells[class_index(*class)].debt(now_ns, t);
                 let remaining = tau.saturating_sub(debt) / t;
                 quotas.push(Standing {
                     quota: format!("partner:{partner}/{cname}/rate"),
@@ -477,7 +509,7 @@ impl Quotas {
         failed.map_or(Ok(()), Err)
     }
 
-    fn cell(&self, partner: &str) -> Arc<Mutex<[u64; 4]>> {
+    fn cell(&self, partner: &str) -> Arc<Mutex<[Gcra; 4]>> {
         if let Some(c) = self.cells.read().ok().and_then(|c| c.get(partner).cloned()) {
             return c;
         }

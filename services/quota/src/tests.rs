@@ -318,3 +318,34 @@ fn method_paths_map_to_classes() {
     assert_eq!(class_of("/crossflow.v1.QuotaService/GetQuotaStatus"), None);
     assert_eq!(class_of("/grpc.health.v1.Health/Check"), None);
 }
+
+#[test]
+fn a_changed_rate_rescales_the_debt_to_the_same_number_of_calls() {
+    let fx = Fixture::new();
+    let handle = SettingsHandle::new(fx.settings(&body(2, 3, "", false, "", "")));
+    let q = Quotas::new(handle.clone());
+    let t = Instant::now();
+    for _ in 0..3 {
+        q.admit_at("alpha", QuotaClass::Referrals, t, T0_MS)
+            .unwrap();
+    }
+    // 3 calls at 2/s left 1.5 s of debt: more than 50/s allows (burst 20 =
+    // 0.4 s), but only 3 of its 20 calls. Raising the limit must not refuse.
+    handle.replace(fx.settings(&body(50, 20, "", false, "", "")));
+    for i in 0..17 {
+        q.admit_at("alpha", QuotaClass::Referrals, t, T0_MS)
+            .unwrap_or_else(|p| panic!("call {i} after raising: {p}"));
+    }
+    assert!(
+        q.admit_at("alpha", QuotaClass::Referrals, t, T0_MS)
+            .is_err()
+    );
+    // Lowering it again keeps those 20 calls owed: no fresh credit. 20 calls
+    // at 2/s are 10 s of debt; with a burst of 3 (1.5 s) the next call
+    // conforms after 10 + 0.5 - 1.5 = 9 s.
+    handle.replace(fx.settings(&body(2, 3, "", false, "", "")));
+    let p = q
+        .admit_at("alpha", QuotaClass::Referrals, t, T0_MS)
+        .unwrap_err();
+    assert_eq!(p.retry_after, Some(Duration::from_secs(9)));
+}

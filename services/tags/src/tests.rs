@@ -164,7 +164,10 @@ async fn old_pseudonyms_resolve_during_the_overlap_only() {
     let after = f.tags().read("b", &"01".repeat(16)).await.unwrap();
     assert_eq!(after.pseudonym.epoch, before.pseudonym.epoch + 1);
     assert_ne!(after.pseudonym.value, before.pseudonym.value);
-    assert_eq!(after.previous_pseudonyms, [before.pseudonym.clone()]);
+    assert_eq!(
+        after.previous_pseudonyms,
+        std::slice::from_ref(&before.pseudonym)
+    );
 
     // Ten days after the rotation the old epoch no longer resolves.
     f.set_now(12 * DAY - 1);

@@ -274,9 +274,23 @@ fn seal_rejects_inconsistent_claims() {
             },
         ),
         (
-            "chain has 17",
+            "chain has 9",
             ReferralClaims {
                 chain: vec!["a".into(); MAX_CHAIN_LEN + 1],
+                ..base.clone()
+            },
+        ),
+        (
+            "target must be",
+            ReferralClaims {
+                target: String::new(),
+                ..base.clone()
+            },
+        ),
+        (
+            "target must be",
+            ReferralClaims {
+                target: "room/\u{7f}".into(),
                 ..base.clone()
             },
         ),
