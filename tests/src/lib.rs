@@ -525,7 +525,9 @@ pub fn workspace_dir() -> PathBuf {
 }
 
 /// The `crossflow` binary of this build, built (once per test process) with
-/// the same cargo and profile as the running test. `CROSSFLOW_BIN` overrides.
+/// the same cargo and profile as the running test: a no-op after
+/// `cargo test --workspace` unless the binary is missing or stale.
+/// `CROSSFLOW_BIN` overrides (nothing is built then).
 pub fn crossflow_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -549,14 +551,9 @@ pub fn crossflow_bin() -> PathBuf {
         // Always build: a no-op when fresh, and never a stale binary.
         let out = Command::new(&cargo)
             .current_dir(workspace_dir())
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "crossflow-gateway",
-                "--bin",
-                "crossflow",
-            ])
+            // --workspace: the features `cargo test --workspace` unified,
+            // so the libraries it built are reused rather than rebuilt.
+            .args(["build", "--quiet", "--workspace", "--bin", "crossflow"])
             .args(["--profile", profile])
             .output()
             .unwrap_or_else(|e| panic!("running {cargo}: {e}"));

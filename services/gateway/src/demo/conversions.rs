@@ -6,8 +6,9 @@
 use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddr, time::SystemTime};
 
 use crossflow_proto::v1::{
-    ConversionStatus, ReportConversionRequest, UpdateConversionRequest,
-    conversion_service_client::ConversionServiceClient,
+    ConversionStatus, GetLogKeyRequest, GetReceiptRequest, ReportConversionRequest,
+    UpdateConversionRequest, conversion_service_client::ConversionServiceClient,
+    get_receipt_request, ledger_service_client::LedgerServiceClient,
 };
 use tonic::transport::Channel;
 
@@ -87,6 +88,7 @@ pub(super) async fn run(
 
     // Nursery shoppers sent by mombaby-live buy at homedecor-live: textiles
     // at 7 %, the rest at 5 %.
+    let mut first = None;
     for i in 0..30 {
         let category = if i % 3 == 0 {
             "home-textiles"
@@ -94,17 +96,14 @@ pub(super) async fn run(
             "furniture"
         };
         let amount = 19_900 + 1_337 * i64::from(i);
-        sell(
-            &homedecor,
-            &mut books,
-            order(
-                format!("hd-order-{i}"),
-                format!("hd-user-{i}"),
-                amount,
-                category,
-            ),
-        )
-        .await?;
+        let req = order(
+            format!("hd-order-{i}"),
+            format!("hd-user-{i}"),
+            amount,
+            category,
+        );
+        first.get_or_insert_with(|| req.clone());
+        sell(&homedecor, &mut books, req).await?;
     }
     // Viewers who went on to beauty-live (mombaby -> homedecor -> beauty)
     // buy skincare: homedecor-live earns 8 %, 15 % of it passed upstream to
@@ -161,16 +160,18 @@ pub(super) async fn run(
     .await?;
     // A retry of the first order is answered from the ledger, not recorded
     // twice.
-    let retry = homedecor
-        .clone()
-        .report_conversion(order(
-            "hd-order-0".into(),
-            "hd-user-0".into(),
-            19_900,
-            "home-textiles",
-        ))
-        .await;
-    let replayed = retry.map(|r| r.into_inner().replayed).unwrap_or(false);
+    // The very same request, as a client retrying after a lost answer would.
+    let (replayed, first_entry) = match first {
+        Some(req) => {
+            let r = homedecor.clone().report_conversion(req).await?.into_inner();
+            (r.replayed, r.entry)
+        }
+        None => (false, None),
+    };
+    let receipt = match first_entry {
+        Some(e) => verify_receipt(bed, addr, e.index, &e.entry).await?,
+        None => "no entry to prove".to_owned(),
+    };
 
     // Returns: a partial refund, a full refund, a cancellation.
     for (id, status, refund) in [
@@ -218,6 +219,7 @@ pub(super) async fn run(
         books.cancels,
         if replayed { "yes" } else { "no" }
     );
+    let _ = writeln!(report, "  {receipt}");
     let _ = writeln!(report, "\nCommissions per partner (net of refunds)");
     let _ = writeln!(report, "  {:<16} {:>14} {:>14}", "partner", "owes", "earns");
     for id in [MOMBABY, HOMEDECOR, BEAUTY] {
@@ -253,4 +255,38 @@ async fn sell(
         books.add(&e.entry)?;
     }
     Ok(())
+}
+
+/// Fetches homedecor-live's receipt for its first order's ledger entry and
+/// verifies it offline against the log's key, as a partner's finance team
+/// would: leaf hash from the entry bytes, inclusion proof, signed checkpoint.
+async fn verify_receipt(
+    bed: &Testbed,
+    addr: SocketAddr,
+    index: u64,
+    entry: &[u8],
+) -> Result<String, DemoError> {
+    let mut ledger = LedgerServiceClient::new(bed.channel(addr, HOMEDECOR).await?);
+    let key = ledger.get_log_key(GetLogKeyRequest {}).await?.into_inner();
+    let receipt = ledger
+        .get_receipt(GetReceiptRequest {
+            entry: Some(get_receipt_request::Entry::Index(index)),
+        })
+        .await?
+        .into_inner()
+        .receipt;
+    let bad = |seen: String| DemoError::Unexpected {
+        expected: "a receipt that verifies".into(),
+        seen,
+    };
+    let verifier =
+        crossflow_ledger::Verifier::parse(&key.verifier_key).map_err(|e| bad(e.to_string()))?;
+    let checkpoint = crossflow_ledger::verify_receipt(&receipt, entry, &verifier, &key.origin)
+        .map_err(|e| bad(e.to_string()))?;
+    Ok(format!(
+        "receipt for ledger entry #{index} verified offline against checkpoint {} (size {}, key {})",
+        checkpoint.origin,
+        checkpoint.size,
+        verifier.name()
+    ))
 }
