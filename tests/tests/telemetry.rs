@@ -13,7 +13,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crossflow_proto::v1::referral_service_client::ReferralServiceClient;
+use crossflow_proto::v1::{
+    ReportConversionRequest, conversion_service_client::ConversionServiceClient,
+    referral_service_client::ReferralServiceClient,
+};
 use crossflow_tests::{
     ALPHA, BETA, DEADLINE, FEDERATION, TestGateway, assert_refused, channel_as, create_req,
     crossflow_bin, default_body, gateway_section, redeem_req,
@@ -148,6 +151,25 @@ async fn spans_and_metrics_arrive_over_otlp() {
         .create_referral(create_req("secret-subject-1", BETA, "room-3"))
         .await;
     assert_refused(over, Code::ResourceExhausted, "DAILY_CAP_REACHED");
+    // The referred viewer buys at beta: a conversion (and a ledger entry).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    ConversionServiceClient::new(gw.channel(BETA).await)
+        .report_conversion(ReportConversionRequest {
+            order_id: "otlp-order-1".into(),
+            subject: "secret-subject-2".into(),
+            amount_minor: 10_000,
+            currency: "CNY".into(),
+            category: "toys".into(),
+            occurred_at: Some(prost_types::Timestamp {
+                seconds: now.as_secs() as i64,
+                nanos: 0,
+            }),
+            referral_id: String::new(),
+        })
+        .await
+        .unwrap();
     // A reload: raise the cap.
     std::fs::write(
         gw.bed().config_path(),
@@ -167,6 +189,10 @@ async fn spans_and_metrics_arrive_over_otlp() {
         "crossflow.quota.near_limit",
         "crossflow.config.reloads",
         "crossflow.store.commit.duration",
+        // The integrator signs the empty log's checkpoint at start.
+        "crossflow.ledger.size",
+        "crossflow.ledger.checkpoint.age",
+        "crossflow.conversions",
     ];
     let start = Instant::now();
     loop {

@@ -17,6 +17,7 @@ mod load;
 mod quota;
 mod report;
 mod scenario;
+mod tags;
 
 use std::{net::SocketAddr, time::Duration};
 

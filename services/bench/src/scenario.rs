@@ -116,6 +116,17 @@ pub const SPECS: &[Spec] = &[
         }),
         build: build_redeem,
     },
+    Spec {
+        name: "get-referred-user-tags",
+        label: "GetReferredUserTags",
+        about: "gateway: homedecor-live reads a referred user's tags (audit row each), round-robin over pre-redeemed hops",
+        target: Some(Target {
+            baseline: "echo",
+            min_ratio: 0.0,
+            source: "issue 3 sets no target",
+        }),
+        build: crate::tags::build,
+    },
 ];
 
 pub fn spec(name: &str) -> Option<&'static Spec> {

@@ -117,6 +117,11 @@ impl ConversionService for Conversions {
             held = rec.conversion.held,
             "conversion reported"
         );
+        if !rec.replayed {
+            let c = &rec.conversion;
+            let commission = u64::try_from(c.commission_minor).unwrap_or(0);
+            crossflow_api::metrics::get().conversion(&c.currency, &c.status, commission);
+        }
         Ok(Response::new(pb::ReportConversionResponse {
             conversion: Some(conversion(&rec.conversion)),
             entry: Some(entry_ref(&rec)),
@@ -149,6 +154,11 @@ impl ConversionService for Conversions {
             )
             .await
             .map_err(refuse)?;
+        if !rec.replayed {
+            // Reversals move commission back; the counter only counts events.
+            let c = &rec.conversion;
+            crossflow_api::metrics::get().conversion(&c.currency, &c.status, 0);
+        }
         Ok(Response::new(pb::UpdateConversionResponse {
             conversion: Some(conversion(&rec.conversion)),
             entry: Some(entry_ref(&rec)),

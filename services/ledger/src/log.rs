@@ -353,7 +353,10 @@ impl<S: LedgerStore + Clone> Integrator<S> {
                 checkpoint: checkpoint.clone(),
             })
             .await?;
+        let metrics = crossflow_api::metrics::get();
+        metrics.ledger_size(self.frontier.size());
         if let Some(c) = checkpoint {
+            metrics.checkpoint_signed(c.signed_at_ms);
             self.last_signed_at = Some(Instant::now());
             tracing::debug!(size = c.size, "ledger checkpoint signed");
             self.latest.send_replace(Some(Arc::new(c.into())));

@@ -67,6 +67,9 @@ impl<S: TagStore> TagService for Tags<S> {
             .read(&caller, &req.get_ref().referral_id)
             .await
             .map_err(|e| e.problem().into_status())?;
+        if !r.tags.is_empty() {
+            crossflow_api::metrics::get().tags_disclosed(&r.agreement_id, r.tags.len() as u64);
+        }
         Ok(Response::new(pb::GetReferredUserTagsResponse {
             pseudonym: Some(pseudonym(r.pseudonym)),
             previous_pseudonyms: r.previous_pseudonyms.into_iter().map(pseudonym).collect(),
