@@ -14,8 +14,9 @@ use std::{
 };
 
 use crossflow_proto::v1::{
-    ReportConversionRequest, conversion_service_client::ConversionServiceClient,
-    referral_service_client::ReferralServiceClient,
+    GetReferredUserTagsRequest, PublishTagsRequest, ReportConversionRequest, Tag,
+    conversion_service_client::ConversionServiceClient,
+    referral_service_client::ReferralServiceClient, tag_service_client::TagServiceClient,
 };
 use crossflow_tests::{
     ALPHA, BETA, DEADLINE, FEDERATION, TestGateway, assert_refused, channel_as, create_req,
@@ -111,8 +112,16 @@ fn attr(span: &Span, key: &str) -> Option<String> {
     }
 }
 
+/// The default federation with alpha's referrals capped per day, and alpha's
+/// `life-stage` tags readable by beta.
 fn quota_body(daily_cap: u32) -> String {
-    default_body().replacen(
+    let tags = "\n[tags]\n[[tags.namespaces]]\nname = \"life-stage\"\nvalues = [\"newborn\"]\n";
+    let body = default_body().replacen(
+        "from = \"alpha\"\nto = \"beta\"\n",
+        "from = \"alpha\"\nto = \"beta\"\ntag_scopes = [\"life-stage\"]\n",
+        1,
+    ) + tags;
+    body.replacen(
         "enabled = true\n",
         &format!(
             "enabled = true\n[partners.quotas.referrals]\nrate_per_sec = 1000\nburst = 1000\ndaily_cap = {daily_cap}\n"
@@ -151,6 +160,27 @@ async fn spans_and_metrics_arrive_over_otlp() {
         .create_referral(create_req("secret-subject-1", BETA, "room-3"))
         .await;
     assert_refused(over, Code::ResourceExhausted, "DAILY_CAP_REACHED");
+    // alpha knows the viewer; beta, which received it, reads the tags.
+    TagServiceClient::new(gw.channel(ALPHA).await)
+        .publish_tags(PublishTagsRequest {
+            subject: "secret-subject-1".into(),
+            tags: vec![Tag {
+                namespace: "life-stage".into(),
+                value: "newborn".into(),
+                ttl: None,
+            }],
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+    let read = TagServiceClient::new(gw.channel(BETA).await)
+        .get_referred_user_tags(GetReferredUserTagsRequest {
+            referral_id: referral.referral_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(read.tags.len(), 1);
     // The referred viewer buys at beta: a conversion (and a ledger entry).
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -162,9 +192,10 @@ async fn spans_and_metrics_arrive_over_otlp() {
             amount_minor: 10_000,
             currency: "CNY".into(),
             category: "toys".into(),
+            // After the landing (attributed: commission at 500 bps).
             occurred_at: Some(prost_types::Timestamp {
                 seconds: now.as_secs() as i64,
-                nanos: 0,
+                nanos: now.subsec_nanos() as i32,
             }),
             referral_id: String::new(),
         })
@@ -193,6 +224,8 @@ async fn spans_and_metrics_arrive_over_otlp() {
         "crossflow.ledger.size",
         "crossflow.ledger.checkpoint.age",
         "crossflow.conversions",
+        "crossflow.conversions.commission",
+        "crossflow.tags.disclosed",
     ];
     let start = Instant::now();
     loop {
