@@ -14,7 +14,11 @@ use crossflow_settings::Settings;
 /// crossflow: a gRPC federation gateway for live-streaming commerce platforms
 /// that exchange traffic.
 #[derive(Debug, Parser)]
-#[command(name = "crossflow", version, about)]
+#[command(
+    name = "crossflow",
+    version,
+    about = "crossflow: a gRPC federation gateway for live-streaming commerce platforms that exchange traffic"
+)]
 struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
