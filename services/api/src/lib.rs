@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod check;
+pub mod clock;
 pub mod metrics;
 
 use std::{fmt, time::Duration};

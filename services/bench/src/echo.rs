@@ -5,7 +5,6 @@
 use std::{net::SocketAddr, path::Path, time::Duration};
 
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{
     Request, Response, Status,
     transport::{Certificate, Identity, Server, ServerTlsConfig},
@@ -84,9 +83,12 @@ impl EchoServer {
         let (shutdown, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             router
-                .serve_with_incoming_shutdown(incoming(listener), async {
-                    let _ = rx.await;
-                })
+                .serve_with_incoming_shutdown(
+                    crossflow_gateway::server::incoming(listener),
+                    async {
+                        let _ = rx.await;
+                    },
+                )
                 .await
         });
         Ok(EchoServer {
@@ -101,17 +103,4 @@ impl EchoServer {
         self.task.await??;
         Ok(())
     }
-}
-
-/// Accepted connections with Nagle off, as the gateway does (server.rs):
-/// tonic's `tcp_nodelay` applies only to listeners it binds itself.
-fn incoming(
-    listener: TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use tokio_stream::StreamExt as _;
-    TcpListenerStream::new(listener).map(|s| {
-        let s = s?;
-        s.set_nodelay(true)?;
-        Ok(s)
-    })
 }

@@ -18,9 +18,9 @@ pub mod money;
 
 use std::sync::Arc;
 
+pub use crossflow_api::clock::{Clock, SystemClock};
 use crossflow_api::{Kind, Problem, check::Checks};
 use crossflow_identity::{KeyRing, ReferralId};
-pub use crossflow_referrals::{Clock, SystemClock};
 use crossflow_settings::{Settings, SettingsHandle};
 use crossflow_store::{
     Db, Landing, StoreError,

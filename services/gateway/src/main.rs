@@ -365,9 +365,7 @@ fn run(command: Command, log_format: LogFormat) -> Result<(), String> {
         Command::Keys {
             command: KeysCommand::Rotate { dir },
         } => {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64);
+            let now = crossflow_api::clock::now_ms();
             let r = KeyRing::rotate(&dir, now).map_err(|e| e.to_string())?;
             println!(
                 "rotated {}: token key {} -> {}, pseudonym epoch {} -> {}",
@@ -410,9 +408,7 @@ fn release_conversion(id: &str, config: &std::path::Path, note: &str) -> Result<
         ),
         other => other.to_string(),
     })?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let now = crossflow_api::clock::now_ms();
     let done = runtime()?.block_on(crossflow_conversions::release_with(
         store.db(),
         now,

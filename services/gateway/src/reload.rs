@@ -78,7 +78,7 @@ impl Reloader {
     /// Marks the starting configuration as applied (generation 1).
     pub async fn started(&self) {
         let file = self.settings.get().file.display().to_string();
-        self.status.applied(&file, now_ms());
+        self.status.applied(&file, crossflow_api::clock::now_ms());
         self.health
             .set_service_status(HEALTH_SERVICE, ServingStatus::Serving)
             .await;
@@ -158,7 +158,7 @@ impl Reloader {
         let serving = match outcome {
             Outcome::Applied(changes) => {
                 tracing::info!(file = %f, changes = %changes.join("; "), "config reloaded");
-                self.status.applied(&f, now_ms());
+                self.status.applied(&f, crossflow_api::clock::now_ms());
                 true
             }
             Outcome::Unchanged => {
@@ -170,14 +170,16 @@ impl Reloader {
                 for e in errors {
                     tracing::error!(file = %f, error = %e, "config reload refused: invalid file; the running configuration stays");
                 }
-                self.status.failed(errors.clone(), now_ms());
+                self.status
+                    .failed(errors.clone(), crossflow_api::clock::now_ms());
                 false
             }
             Outcome::Refused(why) => {
                 for e in why {
                     tracing::error!(file = %f, error = %e, "config reload refused: needs a restart; the running configuration stays");
                 }
-                self.status.failed(why.clone(), now_ms());
+                self.status
+                    .failed(why.clone(), crossflow_api::clock::now_ms());
                 false
             }
         };
@@ -296,10 +298,4 @@ fn content_hash(path: &PathBuf) -> Option<u64> {
     let mut h = DefaultHasher::new();
     bytes.hash(&mut h);
     Some(h.finish())
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

@@ -145,7 +145,7 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>, ServeError> {
 /// Accepted connections, with Nagle off: tonic's own `tcp_nodelay` applies
 /// only to listeners it binds itself, and a gRPC answer written as headers
 /// then data would otherwise wait out the peer's delayed ACK (~40 ms).
-fn incoming(
+pub fn incoming(
     listener: TcpListener,
 ) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
     use tokio_stream::StreamExt as _;

@@ -149,12 +149,6 @@ pub fn origin(federation: &str) -> String {
     format!("{federation}/ledger")
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 /// Fetches the nodes of `plan` with one store query and builds the proof.
 async fn prove<S: LedgerStore>(
     store: &S,
@@ -335,7 +329,7 @@ impl<S: LedgerStore + Clone> Integrator<S> {
             size: self.frontier.size(),
             root,
             note: self.signer.sign(&body)?,
-            signed_at_ms: now_ms(),
+            signed_at_ms: crossflow_api::clock::now_ms(),
         })
     }
 

@@ -39,7 +39,7 @@ mod tests;
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     sync::{Arc, Mutex, RwLock},
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use crossflow_api::{Kind, Problem, QuotaViolation};
@@ -203,7 +203,12 @@ impl Quotas {
 
     /// Admits or refuses one call of `class` by `partner`, now.
     pub fn admit(&self, partner: &str, class: QuotaClass) -> Result<(), Problem> {
-        self.admit_at(partner, class, Instant::now(), wall_ms())
+        self.admit_at(
+            partner,
+            class,
+            Instant::now(),
+            crossflow_api::clock::now_ms(),
+        )
     }
 
     /// [`Quotas::admit`] at a given instant (monotonic, for the rate) and
@@ -292,7 +297,7 @@ impl Quotas {
     /// Admits or refuses one referral hop `flow.from -> flow.to` under
     /// `agreement`, counting it when admitted.
     pub fn admit_hop(&self, agreement: &raw::Agreement, flow: &raw::Flow) -> Result<(), Problem> {
-        self.admit_hop_at(agreement, flow, wall_ms())
+        self.admit_hop_at(agreement, flow, crossflow_api::clock::now_ms())
     }
 
     /// [`Quotas::admit_hop`] at a given Unix ms, for tests.
@@ -360,7 +365,7 @@ impl Quotas {
 
     /// Where `partner` stands against every quota that applies to it.
     pub fn report(&self, partner: &str) -> Report {
-        self.report_at(partner, Instant::now(), wall_ms())
+        self.report_at(partner, Instant::now(), crossflow_api::clock::now_ms())
     }
 
     pub fn report_at(&self, partner: &str, now: Instant, now_ms: i64) -> Report {
@@ -473,7 +478,7 @@ impl Quotas {
         let settings = self.settings.get();
         let day = {
             let mut d = self.daily.lock().map_err(|_| StoreError::Closed)?;
-            d.roll(&settings, wall_ms());
+            d.roll(&settings, crossflow_api::clock::now_ms());
             d.clock.day().to_owned()
         };
         let stored = store.day_counters(&day).await?;
@@ -650,10 +655,4 @@ pub fn spawn_flusher<S: QuotaCounterStore>(
 
 fn poisoned() -> Problem {
     Problem::internal(&"quota state lock poisoned")
-}
-
-fn wall_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

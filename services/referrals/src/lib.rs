@@ -10,7 +10,7 @@
 
 pub mod grpc;
 
-use std::{sync::Arc, time::SystemTime};
+use std::sync::Arc;
 
 use crossflow_api::{Kind, Problem, check::Checks};
 use crossflow_identity::{KeyRing, Pseudonym, ReferralClaims, ReferralId, TokenError, Uid};
@@ -20,22 +20,7 @@ use crossflow_store::{Landing, LandingStore, OptOutLookup, Redeemed, StoreError}
 /// Longest `target`, in bytes.
 pub const MAX_TARGET_BYTES: usize = crossflow_identity::token::MAX_TARGET_LEN;
 
-/// Source of the current time, replaceable in tests.
-pub trait Clock: Send + Sync + 'static {
-    fn now_ms(&self) -> i64;
-}
-
-/// The system clock.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> i64 {
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64)
-    }
-}
+pub use crossflow_api::clock::{Clock, SystemClock};
 
 /// Per-agreement limits on minting hops (daily caps, reciprocity), checked
 /// once the destination and the agreement are known. The gateway passes the

@@ -18,9 +18,9 @@ pub mod taxonomy;
 
 use std::{collections::BTreeSet, sync::Arc};
 
+use crossflow_api::clock::Clock;
 use crossflow_api::{Kind, Problem, check::Checks};
 use crossflow_identity::{KeyRing, Pseudonym, ReferralId, Uid};
-use crossflow_referrals::Clock;
 use crossflow_settings::{SettingsHandle, TagValues};
 use crossflow_store::StoreError;
 use crossflow_store::tags::{Disclosure, NewTag, Publication, Published, StoredTag, TagStore};
@@ -376,10 +376,7 @@ pub fn spawn_purger<S: TagStore>(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            match store
-                .purge_expired(crossflow_referrals::SystemClock.now_ms())
-                .await
-            {
+            match store.purge_expired(crossflow_api::clock::now_ms()).await {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!(purged = n, "expired tags purged"),
                 Err(StoreError::Closed) => return,

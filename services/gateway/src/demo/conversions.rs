@@ -3,7 +3,7 @@
 //! report shows what each partner owes and earns, read back from the ledger
 //! entries the gateway answered with.
 
-use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddr, time::SystemTime};
+use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddr};
 
 use crossflow_proto::v1::{
     ConversionStatus, GetLogKeyRequest, GetReceiptRequest, ReportConversionRequest,
@@ -47,19 +47,13 @@ impl Books {
     }
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 fn order(
     id: String,
     subject: String,
     amount_minor: i64,
     category: &str,
 ) -> ReportConversionRequest {
-    let ms = now_ms();
+    let ms = crossflow_api::clock::now_ms();
     ReportConversionRequest {
         order_id: id,
         subject,
