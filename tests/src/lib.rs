@@ -39,10 +39,12 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
-    sync::OnceLock,
+    sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
 
+pub use crossflow_api::clock::OffsetClock;
+use crossflow_api::clock::{Clock, SystemClock};
 pub use crossflow_gateway::testbed::TestbedError;
 use crossflow_gateway::{
     server::{self, Running},
@@ -363,9 +365,27 @@ pub struct Builder {
     operators: Vec<String>,
     body: Option<String>,
     dir: Option<PathBuf>,
+    clock: Option<ServiceClock>,
+}
+
+/// The clock a test gateway runs on (a newtype: `dyn Clock` is not `Debug`).
+#[derive(Clone)]
+struct ServiceClock(Arc<dyn Clock>);
+
+impl std::fmt::Debug for ServiceClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ServiceClock(now_ms = {})", self.0.now_ms())
+    }
 }
 
 impl Builder {
+    /// The wall clock the gateway's services read (the system clock if never
+    /// called); an [`OffsetClock`] lets a test live through a month-end.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Builder {
+        self.clock = Some(ServiceClock(clock));
+        self
+    }
+
     /// Issues a partner certificate for `id` (in addition to alpha, beta and
     /// gamma). Whether it is a configured partner is up to the body.
     pub fn partner(mut self, id: &str) -> Builder {
@@ -415,10 +435,12 @@ impl Builder {
     }
 
     /// Starts the gateway in this process on `127.0.0.1:0`.
-    pub async fn start(self) -> TestGateway {
+    pub async fn start(mut self) -> TestGateway {
+        let clock = self.clock.take();
         let bed = self.layout();
         let mut gw = TestGateway {
             bed,
+            clock: clock.unwrap_or_else(|| ServiceClock(Arc::new(SystemClock))),
             running: None,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         };
@@ -436,6 +458,7 @@ impl Builder {
 #[derive(Debug)]
 pub struct TestGateway {
     bed: Testbed,
+    clock: ServiceClock,
     running: Option<Running>,
     addr: SocketAddr,
 }
@@ -506,9 +529,13 @@ impl TestGateway {
 
     async fn start_again(&mut self) {
         let settings = self.bed.settings().unwrap_or_else(|e| panic!("{e}"));
-        let running = server::start(settings, Some(SocketAddr::from(([127, 0, 0, 1], 0))))
-            .await
-            .unwrap_or_else(|e| panic!("starting the gateway: {e}"));
+        let running = server::start_with_clock(
+            settings,
+            Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            self.clock.0.clone(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("starting the gateway: {e}"));
         self.addr = running.addr;
         self.running = Some(running);
     }

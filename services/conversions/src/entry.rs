@@ -54,6 +54,12 @@ pub struct Entry<'a> {
     /// Every event after `reported`: all refunds so far, this one included.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refunded_total_minor: Option<i64>,
+    /// `confirmed`: when the conversion becomes payable, `recorded_at_ms`
+    /// plus the longest lock period of the report's touches' agreements.
+    /// Written into the entry so settlement never needs the settings that
+    /// were in force at confirmation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payable_at_ms: Option<i64>,
     /// `released`: who released it (`operator/<name>` or `cli`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub released_by: Option<&'a str>,

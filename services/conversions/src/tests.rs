@@ -58,6 +58,7 @@ commission = {{ default_bps = 400 }}
 id = "beta-gamma"
 between = ["beta", "gamma"]
 upstream_share_bps = 2500
+lock_period_days = 30
 [[agreements.flows]]
 from = "gamma"
 to = "beta"
@@ -363,6 +364,14 @@ async fn refunds_reverse_proportionally_then_completely() {
         .await
         .unwrap();
     assert_eq!(c.conversion.status, "confirmed");
+    // Payable after the longest lock of the touches' agreements: alpha-beta
+    // has the default 14 days, beta-gamma 30.
+    let confirmed = json(&c);
+    assert_eq!(
+        confirmed["payable_at_ms"].as_i64().unwrap(),
+        confirmed["recorded_at_ms"].as_i64().unwrap() + 30 * 86_400_000
+    );
+    assert!(json(&p1).get("payable_at_ms").is_none());
     let full = f
         .svc
         .update("beta", update("o-1", Status::Refunded, 0, ""))

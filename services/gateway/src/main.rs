@@ -170,6 +170,37 @@ enum LedgerCommand {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Close a settlement period (a calendar month in gateway.timezone) once
+    /// it has ended: records the newest checkpoint signed before its end as
+    /// its anchor. Never signs; safe while the gateway runs.
+    Close {
+        /// The month, YYYY-MM.
+        #[arg(long)]
+        period: String,
+        #[arg(long, value_name = "FILE", default_value = "config/crossflow.toml")]
+        config: PathBuf,
+    },
+    /// Write a closed period's export (entries, statement, settlement,
+    /// anchor, proofs) for the federation or one partner. Read-only.
+    Export {
+        #[arg(long)]
+        period: String,
+        /// Only the entries this partner is a party to.
+        #[arg(long, value_name = "ID")]
+        partner: Option<String>,
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        #[arg(long, value_name = "FILE", default_value = "config/crossflow.toml")]
+        config: PathBuf,
+    },
+    /// Verify an export offline against the log's verifier key; names the
+    /// first failing file and line.
+    Verify {
+        dir: PathBuf,
+        /// The verifier key, as text or a file holding it.
+        #[arg(long)]
+        vkey: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -355,6 +386,49 @@ fn run(command: Command, log_format: LogFormat) -> Result<(), String> {
         Command::Ledger {
             command: LedgerCommand::Fsck { config },
         } => ledger_fsck(&config),
+        Command::Ledger {
+            command: LedgerCommand::Close { period, config },
+        } => {
+            let settings = Settings::load(&config).map_err(|e| e.to_string())?;
+            let g = &settings.gateway;
+            let now = crossflow_api::clock::now_ms();
+            let line =
+                crossflow_ledger::cli::close_data_dir(&g.data_dir, &period, &g.timezone, now)?;
+            println!("{line}");
+            Ok(())
+        }
+        Command::Ledger {
+            command:
+                LedgerCommand::Export {
+                    period,
+                    partner,
+                    out,
+                    config,
+                },
+        } => {
+            let settings = Settings::load(&config).map_err(|e| e.to_string())?;
+            let summary = crossflow_ledger::cli::export_data_dir(
+                &settings.gateway.data_dir,
+                &period,
+                partner.as_deref(),
+                &out,
+            )?;
+            println!("{}", summary.summary());
+            Ok(())
+        }
+        Command::Ledger {
+            command: LedgerCommand::Verify { dir, vkey },
+        } => match crossflow_ledger::cli::verify_export_dir(&dir, &vkey) {
+            Ok(verdict) => {
+                println!("{verdict}");
+                Ok(())
+            }
+            // The verdict is the one line on stdout, FAILED or OK; exit 1.
+            Err(verdict) => {
+                println!("{verdict}");
+                std::process::exit(1)
+            }
+        },
         Command::Keys {
             command: KeysCommand::Generate { out },
         } => {

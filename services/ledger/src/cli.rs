@@ -135,6 +135,66 @@ pub fn fsck_summary(report: &Report) -> Result<String, String> {
     Err(msg)
 }
 
+/// `crossflow ledger close`: records the close of `period` (a month in
+/// `tz`) in the store of `data_dir`. Works with the gateway stopped and while
+/// it serves: closing only inserts one row (in an IMMEDIATE transaction on
+/// a connection of its own), and never signs.
+pub fn close_data_dir(
+    data_dir: &Path,
+    period: &str,
+    tz: &str,
+    now_ms: i64,
+) -> Result<String, String> {
+    let path = data_dir.join(DB_FILE);
+    if !path.exists() {
+        return Err(format!("{} does not exist", path.display()));
+    }
+    // With the gateway stopped, opening the store applies any migration this
+    // binary has and the data directory lacks (the periods table); while it
+    // serves, the running gateway has applied them.
+    match crossflow_store::Sqlite::open(data_dir) {
+        Ok(store) => drop(store),
+        Err(crossflow_store::StoreError::Locked(_)) => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    let conn = Connection::open(&path).map_err(|e| format!("opening {}: {e}", path.display()))?;
+    conn.execute_batch("PRAGMA busy_timeout=10000")
+        .map_err(|e| e.to_string())?;
+    let close = crate::period::close(&conn, period, tz, now_ms).map_err(|e| e.to_string())?;
+    Ok(close.summary())
+}
+
+/// `crossflow ledger export`: writes the export of closed `period` from the
+/// store of `data_dir` into `out`, read-only and from one read transaction
+/// (safe while the gateway runs).
+pub fn export_data_dir(
+    data_dir: &Path,
+    period: &str,
+    partner: Option<&str>,
+    out: &Path,
+) -> Result<crate::export::ExportSummary, String> {
+    let path = data_dir.join(DB_FILE);
+    if !path.exists() {
+        return Err(format!("{} does not exist", path.display()));
+    }
+    let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| format!("opening {}: {e}", path.display()))?;
+    conn.execute_batch("PRAGMA busy_timeout=5000; BEGIN")
+        .map_err(|e| e.to_string())?;
+    let view = match partner {
+        None => crate::export::View::Federation,
+        Some(p) => crate::export::View::Partner(p.to_owned()),
+    };
+    crate::export::export(&conn, period, view, out).map_err(|e| e.to_string())
+}
+
+/// `crossflow ledger verify DIR --vkey KEY`: the verdict line; `Err` holds
+/// the `export FAILED: file:line: reason` line.
+pub fn verify_export_dir(dir: &Path, vkey: &str) -> Result<String, String> {
+    let verifier = load_verifier(vkey)?;
+    crate::verify_export::verify(dir, &verifier).map_err(|f| format!("export FAILED: {f}"))
+}
+
 fn base64_hash(h: &[u8; 32]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(h)

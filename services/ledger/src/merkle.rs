@@ -97,6 +97,8 @@ pub enum ProofError {
     RootMismatch,
     #[error("recomputed root of the first tree does not match root1")]
     FirstRootMismatch,
+    #[error("leaf indexes of a multi-proof must ascend without repeats")]
+    LeavesNotAscending,
     #[error("node store returned {got} hashes for {want} requested nodes")]
     NodeCount { want: usize, got: usize },
 }
@@ -452,6 +454,164 @@ impl Frontier {
         self.hashes.push(hash);
         self.size += 1;
         created
+    }
+}
+
+// === multi-proofs ===
+//
+// One proof for a set of leaves (docs/LEDGER.md, "proof.txt"): the hashes of
+// every maximal subtree of the RFC 6962 tree that holds none of the leaves,
+// in the order a left-to-right recursion meets them.
+
+/// The stored nodes a multi-proof needs: `ids()` to fetch, and `groups`
+/// saying how many consecutive fetched hashes fold into each proof hash (a
+/// subtree on the ragged right edge is not stored; it is rebuilt from the
+/// complete subtrees covering it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MultiProofNodes {
+    ids: Vec<NodeId>,
+    groups: Vec<usize>,
+}
+
+impl MultiProofNodes {
+    pub fn ids(&self) -> &[NodeId] {
+        &self.ids
+    }
+
+    /// The proof from the hashes of `ids()`, in that order.
+    pub fn rehash(&self, hashes: &[Hash]) -> Result<Vec<Hash>, ProofError> {
+        if hashes.len() != self.ids.len() {
+            return Err(ProofError::NodeCount {
+                want: self.ids.len(),
+                got: hashes.len(),
+            });
+        }
+        let mut at = 0;
+        let mut proof = Vec::with_capacity(self.groups.len());
+        for &n in &self.groups {
+            proof.extend(fold_right(&hashes[at..at + n]));
+            at += n;
+        }
+        Ok(proof)
+    }
+}
+
+/// Why a set of leaves cannot be multi-proved.
+fn check_leaves(leaves: &[u64], size: u64) -> Result<(), ProofError> {
+    if let Some(&last) = leaves.last()
+        && last >= size
+    {
+        return Err(ProofError::IndexOutOfRange { index: last, size });
+    }
+    if leaves.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(ProofError::LeavesNotAscending);
+    }
+    Ok(())
+}
+
+/// Largest power of two strictly below `n` (`n >= 2`).
+fn split_point(n: u64) -> u64 {
+    1 << (63 - (n - 1).leading_zeros())
+}
+
+/// Complete subtrees covering any `[lo, hi)`, left to right.
+fn cover(mut lo: u64, hi: u64, ids: &mut Vec<NodeId>) {
+    while lo < hi {
+        let mut level = if lo == 0 { 63 } else { lo.trailing_zeros() };
+        while level > 0 && (hi - lo) >> level == 0 {
+            level -= 1;
+        }
+        ids.push((level as u8, lo >> level));
+        lo += 1 << level;
+    }
+}
+
+/// Nodes for the multi-proof of `leaves` (ascending, distinct, each
+/// `< size`) in the tree of `size` leaves.
+pub fn multiproof_nodes(leaves: &[u64], size: u64) -> Result<MultiProofNodes, ProofError> {
+    check_leaves(leaves, size)?;
+    let mut plan = MultiProofNodes {
+        ids: Vec::new(),
+        groups: Vec::new(),
+    };
+    if size > 0 {
+        plan_walk(0, size, leaves, &mut plan);
+    }
+    Ok(plan)
+}
+
+/// `leaves` are exactly the requested leaves inside `[lo, hi)`.
+fn plan_walk(lo: u64, hi: u64, leaves: &[u64], plan: &mut MultiProofNodes) {
+    if leaves.is_empty() {
+        let before = plan.ids.len();
+        cover(lo, hi, &mut plan.ids);
+        plan.groups.push(plan.ids.len() - before);
+        return;
+    }
+    if hi - lo == 1 {
+        return;
+    }
+    let mid = lo + split_point(hi - lo);
+    let cut = leaves.partition_point(|&i| i < mid);
+    plan_walk(lo, mid, &leaves[..cut], plan);
+    plan_walk(mid, hi, &leaves[cut..], plan);
+}
+
+/// Multi-proof of `leaves` in the tree of `size` leaves.
+pub fn multiproof<R: NodeReader + ?Sized>(
+    leaves: &[u64],
+    size: u64,
+    reader: &R,
+) -> Result<Vec<Hash>, TreeError<R::Error>> {
+    let plan = multiproof_nodes(leaves, size)?;
+    Ok(plan.rehash(&fetch(reader, plan.ids())?)?)
+}
+
+/// Checks a multi-proof: `leaves` are `(index, leaf hash)`, ascending. Every
+/// proof hash must be used, and the recomputed root must equal `root`.
+pub fn verify_multiproof(
+    leaves: &[(u64, Hash)],
+    size: u64,
+    proof: &[Hash],
+    root: &[u8],
+) -> Result<(), ProofError> {
+    let indexes: Vec<u64> = leaves.iter().map(|(i, _)| *i).collect();
+    check_leaves(&indexes, size)?;
+    let got = if size == 0 {
+        if !proof.is_empty() {
+            return Err(ProofError::ProofTooLong);
+        }
+        empty_root()
+    } else {
+        let mut next = proof.iter();
+        let r = verify_walk(0, size, leaves, &mut next)?;
+        if next.next().is_some() {
+            return Err(ProofError::ProofTooLong);
+        }
+        r
+    };
+    if got[..] != *root {
+        return Err(ProofError::RootMismatch);
+    }
+    Ok(())
+}
+
+fn verify_walk(
+    lo: u64,
+    hi: u64,
+    leaves: &[(u64, Hash)],
+    proof: &mut std::slice::Iter<'_, Hash>,
+) -> Result<Hash, ProofError> {
+    match leaves {
+        [] => proof.next().copied().ok_or(ProofError::ProofTooShort),
+        [(_, leaf)] if hi - lo == 1 => Ok(*leaf),
+        _ => {
+            let mid = lo + split_point(hi - lo);
+            let cut = leaves.partition_point(|(i, _)| *i < mid);
+            let left = verify_walk(lo, mid, &leaves[..cut], proof)?;
+            let right = verify_walk(mid, hi, &leaves[cut..], proof)?;
+            Ok(node_hash(&left, &right))
+        }
     }
 }
 

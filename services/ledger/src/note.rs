@@ -459,5 +459,175 @@ pub(crate) fn decode_hash(b64: &str) -> Option<Hash> {
     B64.decode(b64).ok()?.try_into().ok()
 }
 
+// === proof texts ===
+//
+// The two proof files of a period export (docs/LEDGER.md, "Exports"). Both
+// are plain lines of base64 hashes under a versioned header, so a verifier
+// needs nothing but base64 and SHA-256.
+
+const CONSISTENCY_HEADER: &str = "crossflow-consistency@v1";
+const MULTIPROOF_HEADER: &str = "crossflow-multiproof@v1";
+
+/// A proof text that does not parse: 1-based line and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {reason}")]
+pub struct ProofTextError {
+    pub line: usize,
+    pub reason: String,
+}
+
+fn text_error(line: usize, reason: impl Into<String>) -> ProofTextError {
+    ProofTextError {
+        line,
+        reason: reason.into(),
+    }
+}
+
+/// `consistency.txt`: the RFC 9162 consistency proof from the previous
+/// anchor (`old`) to this one (`new`), with the previous anchor's signed note.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsistencyText {
+    pub old: u64,
+    pub new: u64,
+    pub proof: Vec<Hash>,
+    /// The previous anchor's signed checkpoint note; `None` when `old` is 0.
+    pub old_note: Option<String>,
+}
+
+/// Line number of the first proof hash in `consistency.txt`.
+pub const CONSISTENCY_FIRST_HASH_LINE: usize = 4;
+
+impl ConsistencyText {
+    pub fn to_text(&self) -> String {
+        let mut out = format!("{CONSISTENCY_HEADER}\nold {}\nnew {}\n", self.old, self.new);
+        if let Some(note) = &self.old_note {
+            for h in &self.proof {
+                out.push_str(&B64.encode(h));
+                out.push('\n');
+            }
+            out.push('\n');
+            out.push_str(note);
+        }
+        out
+    }
+
+    pub fn parse(text: &str) -> Result<Self, ProofTextError> {
+        let (old, new, rest) = header_sizes(text, CONSISTENCY_HEADER, ["old", "new"])?;
+        if old == 0 {
+            if !rest.is_empty() {
+                return Err(text_error(
+                    4,
+                    "nothing may follow the new line when old is 0",
+                ));
+            }
+            return Ok(Self {
+                old,
+                new,
+                proof: Vec::new(),
+                old_note: None,
+            });
+        }
+        let mut proof = Vec::new();
+        let mut line = CONSISTENCY_FIRST_HASH_LINE;
+        let mut rest = rest;
+        loop {
+            let Some((l, tail)) = rest.split_once('\n') else {
+                return Err(text_error(
+                    line,
+                    "missing the blank line before the previous anchor's note",
+                ));
+            };
+            rest = tail;
+            if l.is_empty() {
+                break;
+            }
+            proof.push(decode_hash(l).ok_or_else(|| {
+                text_error(line, "a proof line must be the base64 of a 32-byte hash")
+            })?);
+            line += 1;
+        }
+        if rest.is_empty() {
+            return Err(text_error(
+                line + 1,
+                "the previous anchor's note is missing",
+            ));
+        }
+        Ok(Self {
+            old,
+            new,
+            proof,
+            old_note: Some(rest.to_owned()),
+        })
+    }
+}
+
+/// `proof.txt`: one multi-proof (merkle::multiproof) of every exported leaf.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MultiProofText {
+    pub size: u64,
+    pub proof: Vec<Hash>,
+}
+
+impl MultiProofText {
+    pub fn to_text(&self) -> String {
+        let mut out = format!("{MULTIPROOF_HEADER}\nsize {}\n", self.size);
+        for h in &self.proof {
+            out.push_str(&B64.encode(h));
+            out.push('\n');
+        }
+        out
+    }
+
+    pub fn parse(text: &str) -> Result<Self, ProofTextError> {
+        let (size, _, rest) = header_sizes(text, MULTIPROOF_HEADER, ["size", ""])?;
+        let mut proof = Vec::new();
+        for (n, l) in rest.split_terminator('\n').enumerate() {
+            proof.push(decode_hash(l).ok_or_else(|| {
+                text_error(n + 3, "a proof line must be the base64 of a 32-byte hash")
+            })?);
+        }
+        if !rest.is_empty() && !rest.ends_with('\n') {
+            return Err(text_error(
+                proof.len() + 2,
+                "the last line must end with a newline",
+            ));
+        }
+        Ok(Self { size, proof })
+    }
+}
+
+/// Parses `header\n<k0> N\n[<k1> M\n]` and returns the sizes and the text
+/// after them (`k1` empty: only one size line).
+fn header_sizes<'a>(
+    text: &'a str,
+    header: &str,
+    keys: [&str; 2],
+) -> Result<(u64, u64, &'a str), ProofTextError> {
+    let mut rest = text;
+    let mut take = |n: usize| -> Result<&'a str, ProofTextError> {
+        let (l, tail) = rest
+            .split_once('\n')
+            .ok_or_else(|| text_error(n, "line is missing or does not end with a newline"))?;
+        rest = tail;
+        Ok(l)
+    };
+    if take(1)? != header {
+        return Err(text_error(1, format!("first line must be {header}")));
+    }
+    let size = |n: usize, l: &str, key: &str| {
+        l.strip_prefix(key)
+            .and_then(|v| v.strip_prefix(' '))
+            .and_then(parse_decimal)
+            .ok_or_else(|| text_error(n, format!("expected \"{key} <decimal size>\"")))
+    };
+    let first = size(2, take(2)?, keys[0])?;
+    let second = if keys[1].is_empty() {
+        0
+    } else {
+        size(3, take(3)?, keys[1])?
+    };
+    Ok((first, second, rest))
+}
+
 #[cfg(test)]
 mod tests;

@@ -5,6 +5,7 @@
 
 use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddr};
 
+use crossflow_api::clock::Clock;
 use crossflow_proto::v1::{
     ConversionStatus, GetLogKeyRequest, GetReceiptRequest, ReportConversionRequest,
     UpdateConversionRequest, conversion_service_client::ConversionServiceClient,
@@ -47,13 +48,14 @@ impl Books {
     }
 }
 
-fn order(
+pub(super) fn order(
+    clock: &dyn Clock,
     id: String,
     subject: String,
     amount_minor: i64,
     category: &str,
 ) -> ReportConversionRequest {
-    let ms = crossflow_api::clock::now_ms();
+    let ms = clock.now_ms();
     ReportConversionRequest {
         order_id: id,
         subject,
@@ -73,6 +75,7 @@ fn order(
 pub(super) async fn run(
     bed: &Testbed,
     addr: SocketAddr,
+    clock: &dyn Clock,
     report: &mut String,
 ) -> Result<(), DemoError> {
     let homedecor = ConversionServiceClient::new(bed.channel(addr, HOMEDECOR).await?);
@@ -91,6 +94,7 @@ pub(super) async fn run(
         };
         let amount = 19_900 + 1_337 * i64::from(i);
         let req = order(
+            clock,
             format!("hd-order-{i}"),
             format!("hd-user-{i}"),
             amount,
@@ -107,6 +111,7 @@ pub(super) async fn run(
             &beauty,
             &mut books,
             order(
+                clock,
                 format!("bt-order-{i}"),
                 format!("bt-user-{i}"),
                 35_800,
@@ -121,6 +126,7 @@ pub(super) async fn run(
             &mombaby,
             &mut books,
             order(
+                clock,
                 format!("mb-order-{i}"),
                 format!("mb-user-b{i}"),
                 12_800,
@@ -132,6 +138,7 @@ pub(super) async fn run(
             &homedecor,
             &mut books,
             order(
+                clock,
                 format!("hd-vanity-{i}"),
                 format!("hd-user-c{i}"),
                 56_600,
@@ -145,6 +152,7 @@ pub(super) async fn run(
         &homedecor,
         &mut books,
         order(
+            clock,
             "hd-walk-in-1".into(),
             "hd-walk-in".into(),
             9_900,

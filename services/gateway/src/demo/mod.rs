@@ -2,7 +2,9 @@
 //! dev PKI and keys, and three partner platforms driving it as real gRPC
 //! clients over mTLS through a day of traffic exchange.
 
-use std::{collections::BTreeMap, fmt::Write as _, path::Path};
+use std::{collections::BTreeMap, fmt::Write as _, path::Path, sync::Arc};
+
+use crossflow_api::clock::OffsetClock;
 
 use crossflow_proto::v1::{
     CreateReferralRequest, CreateReferralResponse, RedeemReferralRequest,
@@ -14,6 +16,7 @@ use tonic_types::StatusExt;
 use crate::{server, testbed::Testbed};
 
 mod conversions;
+mod finance;
 mod quotas;
 mod tags;
 
@@ -21,6 +24,8 @@ const MOMBABY: &str = "mombaby-live";
 const HOMEDECOR: &str = "homedecor-live";
 const BEAUTY: &str = "beauty-live";
 const FEDERATION: &str = "crossflow.example";
+/// 2026-10-30T18:00:00+08:00, when the demo's day of traffic begins.
+const DEMO_START_MS: i64 = 1_793_354_400_000;
 
 /// Partners and agreements of the demo federation. mombaby-live and
 /// beauty-live have no agreement: a viewer can only reach beauty-live from
@@ -125,12 +130,17 @@ pub async fn run(keep: Option<&Path>) -> Result<String, DemoError> {
         &["finance"],
         DEMO_BODY,
     )?;
-    let gw = server::start(
+    // The demo lives through a month-end in seconds: its clock starts on the
+    // evening of 2026-10-30 in Shanghai and later jumps forward (see
+    // `finance`), so periods can be closed and settled.
+    let clock = Arc::new(OffsetClock::starting_at(DEMO_START_MS));
+    let gw = server::start_with_clock(
         bed.settings()?,
         Some("127.0.0.1:0".parse().map_err(|_| DemoError::Unexpected {
             expected: "a loopback address".into(),
             seen: "none".into(),
         })?),
+        clock.clone(),
     )
     .await?;
     let mut report = String::new();
@@ -298,16 +308,24 @@ pub async fn run(keep: Option<&Path>) -> Result<String, DemoError> {
     )?;
 
     report.push_str(&summary(&t));
-    conversions::run(&bed, gw.addr, &mut report).await?;
+    conversions::run(&bed, gw.addr, clock.as_ref(), &mut report).await?;
     // Before the quota section, which exhausts the partners' quotas.
     tags::run(&bed, gw.addr, &mut report).await?;
+    // Before quotas too: November's trading makes referrals.
+    finance::run(&bed, &gw, &clock, keep, &mut report).await?;
     quotas::run(&bed, gw.addr, &mut report).await?;
     gw.shutdown().await?;
     if let Some(dir) = keep {
         let _ = writeln!(
             report,
-            "\nEverything is kept in {}: pki/, keys/, data/, crossflow.toml.",
+            "\nEverything is kept in {}: pki/, keys/, data/, crossflow.toml, the 2026-11 export in export/ and the log's key in ledger.vkey.",
             dir.display()
+        );
+        let _ = writeln!(
+            report,
+            "Verify the export again by hand with:\n  crossflow ledger verify {} --vkey {}",
+            dir.join("export").display(),
+            dir.join("ledger.vkey").display()
         );
         let _ = writeln!(
             report,

@@ -252,3 +252,102 @@ proptest! {
         prop_assert!(verify_consistency(size1, n, &proof, &r1, &r2).is_err());
     }
 }
+
+// === multi-proofs ===
+
+/// The spec's recursion over a naive tree: the hashes a multi-proof of
+/// `chosen` must hold, straight from the definition in docs/LEDGER.md.
+fn naive_multiproof(leaves: &[Hash], lo: usize, chosen: &[usize], out: &mut Vec<Hash>) -> Hash {
+    let hi = lo + leaves.len();
+    if !chosen.iter().any(|&i| (lo..hi).contains(&i)) {
+        out.push(mth(leaves));
+        return mth(leaves);
+    }
+    if leaves.len() == 1 {
+        return leaves[0];
+    }
+    let n = leaves.len();
+    let k = 1 << (usize::BITS - 1 - (n - 1).leading_zeros());
+    let l = naive_multiproof(&leaves[..k], lo, chosen, out);
+    let r = naive_multiproof(&leaves[k..], lo + k, chosen, out);
+    node_hash(&l, &r)
+}
+
+#[test]
+fn multiproof_every_subset_of_small_trees() {
+    for n in 1u64..=10 {
+        let tree = build(n);
+        let root = mth(&tree.leaves);
+        for mask in 0u32..(1 << n) {
+            let chosen: Vec<u64> = (0..n).filter(|i| mask >> i & 1 == 1).collect();
+            let proof = multiproof(&chosen, n, &tree.nodes).unwrap();
+            let mut want = Vec::new();
+            let chosen_usize: Vec<usize> = chosen.iter().map(|&i| i as usize).collect();
+            naive_multiproof(&tree.leaves, 0, &chosen_usize, &mut want);
+            assert_eq!(proof, want, "size {n}, leaves {chosen:?}");
+            let with_hashes: Vec<(u64, Hash)> = chosen
+                .iter()
+                .map(|&i| (i, tree.leaves[i as usize]))
+                .collect();
+            verify_multiproof(&with_hashes, n, &proof, &root).unwrap();
+            // Every proof hash and every leaf matters.
+            for j in 0..proof.len() {
+                let mut bad = proof.clone();
+                bad[j][0] ^= 1;
+                assert_eq!(
+                    verify_multiproof(&with_hashes, n, &bad, &root),
+                    Err(ProofError::RootMismatch)
+                );
+            }
+            for j in 0..with_hashes.len() {
+                let mut bad = with_hashes.clone();
+                bad[j].1[31] ^= 0x80;
+                assert!(verify_multiproof(&bad, n, &proof, &root).is_err());
+            }
+            let mut long = proof.clone();
+            long.push(root);
+            assert_eq!(
+                verify_multiproof(&with_hashes, n, &long, &root),
+                Err(ProofError::ProofTooLong)
+            );
+            if !proof.is_empty() {
+                assert_eq!(
+                    verify_multiproof(&with_hashes, n, &proof[1..], &root),
+                    Err(ProofError::ProofTooShort)
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn multiproof_bad_requests() {
+    let tree = build(5);
+    assert_eq!(
+        multiproof_nodes(&[1, 5], 5),
+        Err(ProofError::IndexOutOfRange { index: 5, size: 5 })
+    );
+    assert_eq!(
+        multiproof_nodes(&[2, 2], 5),
+        Err(ProofError::LeavesNotAscending)
+    );
+    assert!(multiproof_nodes(&[], 0).unwrap().ids().is_empty());
+    verify_multiproof(&[], 0, &[], &empty_root()).unwrap();
+    // No leaves: the proof is the root itself.
+    let p = multiproof(&[], 5, &tree.nodes).unwrap();
+    assert_eq!(p, vec![mth(&tree.leaves)]);
+}
+
+proptest! {
+    #[test]
+    fn multiproof_random_subsets_of_larger_trees(n in 1u64..=200, seed in any::<u64>()) {
+        let tree = build(n);
+        let chosen: Vec<u64> = (0..n)
+            .filter(|i| (seed.rotate_left((*i % 64) as u32) ^ i) % 7 == 0)
+            .collect();
+        let proof = multiproof(&chosen, n, &tree.nodes).unwrap();
+        let with_hashes: Vec<(u64, Hash)> =
+            chosen.iter().map(|&i| (i, tree.leaves[i as usize])).collect();
+        prop_assert!(verify_multiproof(&with_hashes, n, &proof, &mth(&tree.leaves)).is_ok());
+    }
+}

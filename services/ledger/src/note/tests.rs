@@ -247,3 +247,67 @@ fn checkpoint_parse_is_strict() {
         );
     }
 }
+
+// === proof texts ===
+
+#[test]
+fn consistency_text_round_trips_and_names_bad_lines() {
+    let note = signer("log", 3)
+        .sign("example/log\n5\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n")
+        .unwrap();
+    let c = ConsistencyText {
+        old: 5,
+        new: 9,
+        proof: vec![[1; 32], [2; 32]],
+        old_note: Some(note.clone()),
+    };
+    let text = c.to_text();
+    assert!(text.starts_with("crossflow-consistency@v1\nold 5\nnew 9\nAQEB"));
+    assert!(text.ends_with(&format!("\n\n{note}")));
+    assert_eq!(ConsistencyText::parse(&text).unwrap(), c);
+
+    let first = ConsistencyText {
+        old: 0,
+        new: 4,
+        proof: Vec::new(),
+        old_note: None,
+    };
+    assert_eq!(first.to_text(), "crossflow-consistency@v1\nold 0\nnew 4\n");
+    assert_eq!(ConsistencyText::parse(&first.to_text()).unwrap(), first);
+    // An empty period: no hashes, then the blank line and the note.
+    let same = ConsistencyText {
+        old: 5,
+        new: 5,
+        proof: Vec::new(),
+        old_note: Some(note.clone()),
+    };
+    assert_eq!(ConsistencyText::parse(&same.to_text()).unwrap(), same);
+
+    let line_of = |t: &str| ConsistencyText::parse(t).unwrap_err().line;
+    assert_eq!(line_of(&text.replacen("old 5", "old 05", 1)), 2);
+    assert_eq!(line_of(&text.replacen("AQEB", "AQE", 1)), 4);
+    assert_eq!(line_of(&text.replacen("v1", "v2", 1)), 1);
+    assert_eq!(line_of("crossflow-consistency@v1\nold 0\nnew 4\nx\n"), 4);
+    assert_eq!(line_of("crossflow-consistency@v1\nold 3\nnew 4\n"), 4);
+}
+
+#[test]
+fn multiproof_text_round_trips_and_names_bad_lines() {
+    let m = MultiProofText {
+        size: 12,
+        proof: vec![[7; 32], [8; 32], [9; 32]],
+    };
+    let text = m.to_text();
+    assert_eq!(text.lines().count(), 5);
+    assert_eq!(MultiProofText::parse(&text).unwrap(), m);
+    let err = MultiProofText::parse(&text.replacen("CAgI", "!AgI", 1)).unwrap_err();
+    assert_eq!(err.line, 4);
+    let err = MultiProofText::parse(text.trim_end()).unwrap_err();
+    assert_eq!(err.line, 5);
+    assert_eq!(
+        MultiProofText::parse("crossflow-multiproof@v1\nsize x\n")
+            .unwrap_err()
+            .line,
+        2
+    );
+}

@@ -1,0 +1,127 @@
+//! Settlement period closes: which stored checkpoint anchors each closed
+//! month (docs/LEDGER.md, "Settlement periods"). Closing only records a row;
+//! the anchor is a checkpoint the log already signed, so nothing here signs.
+//!
+//! Functions take a plain `&Connection` so `crossflow ledger close` can record
+//! a close through its own connection while a gateway holds the store's lock.
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use crate::{Migration, StoreError};
+
+pub(crate) const MIGRATION: Migration = Migration {
+    name: "0006_ledger_periods",
+    sql: "
+-- One row per closed settlement period (a calendar month YYYY-MM in
+-- `timezone`). Entries [previous_anchor_size, anchor_size) belong to it.
+CREATE TABLE ledger_periods (
+    period               TEXT PRIMARY KEY,
+    anchor_size          INTEGER NOT NULL,
+    previous_anchor_size INTEGER NOT NULL,
+    timezone             TEXT NOT NULL,
+    closed_at_ms         INTEGER NOT NULL
+) STRICT;
+",
+};
+
+/// A recorded period close.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeriodClose {
+    /// `YYYY-MM`.
+    pub period: String,
+    pub anchor_size: u64,
+    pub previous_anchor_size: u64,
+    /// IANA time zone the month boundaries were computed in.
+    pub timezone: String,
+    pub closed_at_ms: i64,
+}
+
+const COLUMNS: &str = "period, anchor_size, previous_anchor_size, timezone, closed_at_ms";
+
+/// The close of `period`, if it was closed.
+pub fn period(conn: &Connection, period: &str) -> Result<Option<PeriodClose>, StoreError> {
+    conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM ledger_periods WHERE period = ?1"
+    ))?
+    .query_row([period], row)
+    .optional()
+    .map_err(Into::into)
+}
+
+/// The most recent close (periods are `YYYY-MM`, so text order is time order).
+pub fn latest(conn: &Connection) -> Result<Option<PeriodClose>, StoreError> {
+    conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM ledger_periods ORDER BY period DESC LIMIT 1"
+    ))?
+    .query_row([], row)
+    .optional()
+    .map_err(Into::into)
+}
+
+/// Every close, oldest first.
+pub fn all(conn: &Connection) -> Result<Vec<PeriodClose>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM ledger_periods ORDER BY period"
+    ))?;
+    let rows = stmt.query_map([], row)?.collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// Records a close. Fails (constraint) if `period` is already closed; the
+/// caller checks order and anchors.
+pub fn insert(conn: &Connection, close: &PeriodClose) -> Result<(), StoreError> {
+    let size = |n: u64| {
+        i64::try_from(n).map_err(|_| StoreError::Corrupt(format!("anchor size {n} out of range")))
+    };
+    conn.prepare_cached(&format!(
+        "INSERT INTO ledger_periods ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5)"
+    ))?
+    .execute(params![
+        close.period,
+        size(close.anchor_size)?,
+        size(close.previous_anchor_size)?,
+        close.timezone,
+        close.closed_at_ms
+    ])?;
+    Ok(())
+}
+
+fn row(r: &Row<'_>) -> rusqlite::Result<PeriodClose> {
+    Ok(PeriodClose {
+        period: r.get(0)?,
+        anchor_size: r.get::<_, i64>(1)? as u64,
+        previous_anchor_size: r.get::<_, i64>(2)? as u64,
+        timezone: r.get(3)?,
+        closed_at_ms: r.get(4)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn insert_then_read_back_in_order() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(MIGRATION.sql).unwrap();
+        assert_eq!(latest(&conn).unwrap(), None);
+        let close = |p: &str, prev: u64, size: u64| PeriodClose {
+            period: p.into(),
+            anchor_size: size,
+            previous_anchor_size: prev,
+            timezone: "Asia/Shanghai".into(),
+            closed_at_ms: 7,
+        };
+        insert(&conn, &close("2026-10", 0, 5)).unwrap();
+        insert(&conn, &close("2026-11", 5, 9)).unwrap();
+        assert!(insert(&conn, &close("2026-11", 5, 9)).is_err());
+        assert_eq!(latest(&conn).unwrap(), Some(close("2026-11", 5, 9)));
+        assert_eq!(
+            period(&conn, "2026-10").unwrap(),
+            Some(close("2026-10", 0, 5))
+        );
+        assert_eq!(period(&conn, "2026-12").unwrap(), None);
+        assert_eq!(all(&conn).unwrap().len(), 2);
+    }
+}
