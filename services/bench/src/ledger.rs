@@ -64,10 +64,13 @@ pub fn run(o: &Options) -> Result<(), BoxError> {
     let mut logged = Vec::new();
     for round in 1..=o.rounds {
         let p = rt.block_on(append_plain(o))?;
-        let l = rt.block_on(append_ledger(o))?;
+        // Where the time goes: sequencing alone, integrator off.
+        let alone = rt.block_on(append_ledger(o, false))?;
+        let l = rt.block_on(append_ledger(o, true))?;
         println!(
-            "  round {round}: plain insert {:>9.0} rows/s | ledger sequenced {:>9.0}/s, integrated {:>9.0} entries/s | ratio {:.2}",
+            "  round {round}: plain insert {:>9.0} rows/s | sequence only {:>9.0}/s | ledger sequenced {:>9.0}/s, integrated {:>9.0} entries/s | ratio {:.2}",
             p,
+            alone.sequenced,
             l.sequenced,
             l.integrated,
             l.integrated / p
@@ -140,12 +143,18 @@ struct Appended {
     integrated: f64,
 }
 
-async fn append_ledger(o: &Options) -> Result<Appended, BoxError> {
+/// Appends `o.entries` durably; with `integrate`, the integrator runs beside
+/// it and the clock stops when the last entry is integrated.
+async fn append_ledger(o: &Options, integrate: bool) -> Result<Appended, BoxError> {
     let dir = tempdir(o)?;
     let store = Sqlite::open(dir.path())?;
-    let signer = Signer::from_seed("bench-ledger", &[9; 32])?;
-    let integrator = Integrator::open(store.clone(), signer, ORIGIN.into()).await?;
-    let handle = integrator.spawn(|| Duration::from_millis(1000));
+    let handle = if integrate {
+        let signer = Signer::from_seed("bench-ledger", &[9; 32])?;
+        let integrator = Integrator::open(store.clone(), signer, ORIGIN.into()).await?;
+        Some(integrator.spawn(|| Duration::from_millis(1000)))
+    } else {
+        None
+    };
     let started = Instant::now();
     let mut next = 0;
     while next < o.entries {
@@ -162,6 +171,13 @@ async fn append_ledger(o: &Options) -> Result<Appended, BoxError> {
             .await?;
     }
     let sequenced = next as f64 / started.elapsed().as_secs_f64();
+    let Some(handle) = handle else {
+        store.db().close();
+        return Ok(Appended {
+            sequenced,
+            integrated: 0.0,
+        });
+    };
     while store.tree_size().await? < next {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -258,12 +274,28 @@ fn proofs(o: &Options) -> Result<(), BoxError> {
         .collect();
 
     let mut proof_times = Vec::with_capacity(indexes.len());
+    // Whether a slow proof was waiting for a CPU: this thread's run-queue
+    // wait (`/proc/thread-self/schedstat`, charged when the thread is
+    // scheduled back in) around each proof, read outside the timed part; the
+    // proof runs entirely on this thread.
+    let mut slow_waited = (0usize, 0usize, Duration::ZERO);
     for &i in &indexes {
+        let before = schedstat();
         let t = Instant::now();
         let plan = merkle::inclusion_nodes(i, n)?;
         let hashes = store.db().read_blocking(|c| ledger::nodes(c, plan.ids()))?;
         let proof = plan.rehash(&hashes)?;
-        proof_times.push(t.elapsed());
+        let took = t.elapsed();
+        let after = schedstat();
+        proof_times.push(took);
+        if let (Some(b), Some(a)) = (before, after)
+            && took > Duration::from_millis(1)
+        {
+            let waited = a.1.saturating_sub(b.1);
+            slow_waited.0 += 1;
+            slow_waited.1 += usize::from(waited > took / 2);
+            slow_waited.2 = slow_waited.2.max(waited);
+        }
         std::hint::black_box(proof);
     }
     let op = Caller::Operator("bench".into());
@@ -283,10 +315,109 @@ fn proofs(o: &Options) -> Result<(), BoxError> {
         p99
     );
     println!(
+        "  {} proofs took > 1 ms; {} of them spent over half of it waiting for a CPU (longest wait {:.1} ms)",
+        slow_waited.0,
+        slow_waited.1,
+        slow_waited.2.as_secs_f64() * 1e3
+    );
+    println!(
         "  whole receipt as GetReceipt builds it (entry, parties, proof, text; async): p50 {r50:.1} µs, p99 {r99:.1} µs (every receipt verified)"
     );
     drop(ledger);
     drop(integrator);
+    store.db().close();
+    // The directory lock goes with the last handle.
+    drop(store);
+    drop(rt);
+
+    // Memory and recovery at this size, in a fresh process (this one's heap
+    // still holds whatever building the log used).
+    let exe = std::env::current_exe()?;
+    let out = std::process::Command::new(exe)
+        .arg("--ledger-restart")
+        .arg(dir.path())
+        .output()?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    if !out.status.success() {
+        return Err(format!(
+            "the restart run failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// This thread's (time on a CPU, time waiting for one) so far. The first
+/// is only updated at scheduler events, too coarse for one proof; only the
+/// wait is used.
+fn schedstat() -> Option<(Duration, Duration)> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let mut f = s.split_whitespace().map(|v| v.parse::<u64>().ok());
+    Some((
+        Duration::from_nanos(f.next()??),
+        Duration::from_nanos(f.next()??),
+    ))
+}
+
+/// VmRSS and VmHWM of this process, in MiB.
+fn rss_mib() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(f64::NAN, |kib| kib / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// `--ledger-restart DIR`: what a gateway restart on the log in `dir` does
+/// for the ledger, as `serve` does it (the store with its writer, reader pool
+/// and migrations; `Integrator::open`, which loads the frontier and checks it
+/// against the signed checkpoint; the integrator task), then one receipt as
+/// GetReceipt builds it: "ready" is when that receipt verifies. Then 1 000
+/// more receipts over the whole log, and the RSS after them.
+pub fn restart(dir: &Path) -> Result<(), BoxError> {
+    let started = Instant::now();
+    let (rss0, _) = rss_mib();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let signer = Signer::from_seed("bench-ledger", &[9; 32])?;
+    let store = Sqlite::open(dir)?;
+    let integrator = rt.block_on(Integrator::open(store.clone(), signer, ORIGIN.into()))?;
+    let n = integrator.size();
+    let ledger = integrator.ledger();
+    let handle = {
+        let _guard = rt.enter();
+        integrator.spawn(|| Duration::from_millis(1000))
+    };
+    let verifier = ledger.verifier().clone();
+    let op = Caller::Operator("bench".into());
+    let last = n.saturating_sub(1);
+    let r = rt.block_on(ledger.receipt(&op, last, Duration::ZERO))?;
+    crossflow_ledger::verify_receipt(&r.text, &r.entry.bytes, &verifier, ORIGIN)?;
+    let ready = started.elapsed();
+    let (rss_ready, _) = rss_mib();
+    for k in 0..1000u64 {
+        let i = k.wrapping_mul(0x9e37_79b9_7f4a_7c15) % n.max(1);
+        let r = rt.block_on(ledger.receipt(&op, i, Duration::ZERO))?;
+        crossflow_ledger::verify_receipt(&r.text, &r.entry.bytes, &verifier, ORIGIN)?;
+    }
+    let (rss_after, hwm) = rss_mib();
+    println!(
+        "  restart (fresh process, warm page cache): store + integrator open and first receipt verified in {:.1} ms at {n} entries",
+        ready.as_secs_f64() * 1e3
+    );
+    println!(
+        "  memory: VmRSS {rss0:.1} MiB at process start, {rss_ready:.1} MiB when ready, {rss_after:.1} MiB after 1000 more receipts (peak VmHWM {hwm:.1} MiB); database {:.0} MiB on disk",
+        std::fs::metadata(dir.join("crossflow.db"))
+            .map_or(f64::NAN, |m| m.len() as f64 / 1048576.0)
+    );
+    rt.block_on(handle.stop());
     store.db().close();
     Ok(())
 }

@@ -11,9 +11,11 @@
 //! share this machine's cores: see docs/BENCHMARKS.md.
 #![forbid(unsafe_code)]
 
+mod conversions;
 mod echo;
 mod ledger;
 mod load;
+mod mixed;
 mod quota;
 mod report;
 mod scenario;
@@ -113,13 +115,28 @@ struct Cli {
     /// Rate quota (requests/s) of each partner in the isolation run.
     #[arg(long, default_value_t = 200)]
     quota_rate: u32,
+    /// Run the mixed load profile instead: many partners, a weighted mix of
+    /// the partner RPCs (see services/bench/src/mixed.rs), against the echo
+    /// baseline in the same run.
+    #[arg(long)]
+    mixed: bool,
+    /// Partners of the mixed profile's federation (at least 3).
+    #[arg(long, default_value_t = 12)]
+    mixed_partners: usize,
     /// Directory for the ledger benchmark's temporary stores.
     #[arg(long)]
     ledger_dir: Option<std::path::PathBuf>,
+    /// Internal (the ledger benchmark runs itself with it): open the ledger
+    /// in DIR as `serve` does, serve receipts, print time to ready and RSS.
+    #[arg(long, hide = true, value_name = "DIR")]
+    ledger_restart: Option<std::path::PathBuf>,
 }
 
 fn main() -> Result<(), BoxError> {
     let cli = Cli::parse();
+    if let Some(dir) = &cli.ledger_restart {
+        return ledger::restart(dir);
+    }
     if cli.ledger {
         return ledger::run(&ledger::Options {
             entries: cli.ledger_entries,
@@ -184,6 +201,17 @@ fn main() -> Result<(), BoxError> {
 
     let server_rt = runtime("bench-server", cli.server_threads)?;
     let client_rt = runtime("bench-client", cli.client_threads)?;
+    if cli.mixed {
+        let o = mixed::Options {
+            partners: cli.mixed_partners,
+            plan,
+            rounds: if cli.quick { 1 } else { cli.rounds.max(1) },
+            connections: cli.connections.max(1),
+            server_threads: cli.server_threads,
+            client_threads: cli.client_threads,
+        };
+        return mixed::run(&o, &client_rt, &server_rt);
+    }
 
     let body = match &cli.body {
         Some(f) => std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?,

@@ -230,6 +230,12 @@ fn print_lines(lines: &[Line]) {
             (Some(t), Some(ratio)) => {
                 let verdict = if l.errors > 0 {
                     "FAIL: errors".to_owned()
+                } else if let Some(min) = t.min_rps.filter(|&m| l.rps < m) {
+                    format!(
+                        "SHORT of {min:.0} req/s: needs {:.0} % more req/s ({})",
+                        (min / l.rps.max(f64::MIN_POSITIVE) - 1.0) * 100.0,
+                        t.source
+                    )
                 } else if ratio >= t.min_ratio {
                     format!("pass ({})", t.source)
                 } else {
@@ -240,11 +246,11 @@ fn print_lines(lines: &[Line]) {
                         t.source
                     )
                 };
-                (
-                    format!("{:.1} %", ratio * 100.0),
-                    format!("≥{:.0} %", t.min_ratio * 100.0),
-                    verdict,
-                )
+                let target = match t.min_rps {
+                    Some(m) => format!("≥{:.0}k/s", m / 1000.0),
+                    None => format!("≥{:.0} %", t.min_ratio * 100.0),
+                };
+                (format!("{:.1} %", ratio * 100.0), target, verdict)
             }
         };
         println!(

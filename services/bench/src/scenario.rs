@@ -61,6 +61,9 @@ pub struct Target {
     /// Name of the baseline spec.
     pub baseline: &'static str,
     pub min_ratio: f64,
+    /// An absolute floor of requests/s, where the issue sets one (checked
+    /// besides `min_ratio`).
+    pub min_rps: Option<f64>,
     /// Where the target comes from.
     pub source: &'static str,
 }
@@ -101,6 +104,7 @@ pub const SPECS: &[Spec] = &[
         target: Some(Target {
             baseline: "echo",
             min_ratio: 0.60,
+            min_rps: None,
             source: "issue 2",
         }),
         build: build_create,
@@ -112,6 +116,7 @@ pub const SPECS: &[Spec] = &[
         target: Some(Target {
             baseline: "echo",
             min_ratio: 0.30,
+            min_rps: None,
             source: "issue 2",
         }),
         build: build_redeem,
@@ -123,9 +128,22 @@ pub const SPECS: &[Spec] = &[
         target: Some(Target {
             baseline: "echo",
             min_ratio: 0.0,
+            min_rps: None,
             source: "issue 3 sets no target",
         }),
         build: crate::tags::build,
+    },
+    Spec {
+        name: "report-conversion",
+        label: "ReportConversion",
+        about: "gateway: homedecor-live reports an attributed order (conversion row + ledger entry, durable), distinct order ids over 1000 pre-landed buyers",
+        target: Some(Target {
+            baseline: "echo",
+            min_ratio: 0.0,
+            min_rps: Some(20_000.0),
+            source: "issue 4: >= 20,000/s",
+        }),
+        build: crate::conversions::build,
     },
 ];
 

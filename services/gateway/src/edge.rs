@@ -17,19 +17,30 @@ use crossflow_api::{Caller, Kind, Problem};
 use crossflow_identity::{Principal, principal_from_cert};
 use crossflow_settings::SettingsHandle;
 use futures_util::future::{Either, Ready, ready};
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use tonic::transport::{
+    CertificateDer,
+    server::{TcpConnectInfo, TlsConnectInfo},
+};
 use tower::{Layer, Service};
 
-/// Most certificates whose parsed principal is remembered.
+/// Most connections whose parsed principal is remembered.
 const CACHE_LIMIT: usize = 4096;
+
+/// A connection's verified certificate chain, as tonic hands it to every
+/// request of that connection (one `Arc` per TLS connection).
+type Chain = Arc<Vec<CertificateDer<'static>>>;
 
 /// Layer that authenticates every request.
 #[derive(Debug, Clone)]
 pub struct IdentityLayer {
     settings: SettingsHandle,
-    // Parsing X.509 per request costs more than the rest of a small RPC; a
-    // partner reuses one certificate for millions of calls.
-    cache: Arc<Mutex<HashMap<Vec<u8>, Principal>>>,
+    // Parsing X.509 per request costs more than the rest of a small RPC, and
+    // so does hashing the whole DER to find it in a cache. tonic gives every
+    // request of a TLS connection the same `Arc` of the peer's chain, so the
+    // principal is parsed once per connection and found again by that
+    // `Arc`'s address. The cache holds a clone of the `Arc`, so the address
+    // cannot be reused by another connection while it is a key.
+    cache: Arc<Mutex<HashMap<usize, (Chain, Principal)>>>,
 }
 
 impl IdentityLayer {
@@ -104,15 +115,15 @@ impl IdentityLayer {
                     "no client certificate was presented",
                 )
             })?;
-        let leaf = certs.first().ok_or_else(|| {
-            Problem::new(
+        if certs.is_empty() {
+            return Err(Problem::new(
                 Kind::Unauthenticated,
                 "NO_CLIENT_CERT",
                 "no client certificate was presented",
-            )
-        })?;
+            ));
+        }
         let settings = self.settings.get();
-        let principal = self.principal(leaf.as_ref(), &settings.gateway.federation)?;
+        let principal = self.principal(certs, &settings.gateway.federation)?;
         let caller = match principal {
             Principal::Partner(id) => Caller::Partner(id),
             Principal::Operator(name) => Caller::Operator(name),
@@ -144,17 +155,31 @@ impl IdentityLayer {
         Ok(caller)
     }
 
-    fn principal(&self, der: &[u8], federation: &str) -> Result<Principal, Problem> {
-        if let Some(p) = self.cache.lock().ok().and_then(|c| c.get(der).cloned()) {
+    /// The principal of a connection's chain (non-empty: checked above).
+    fn principal(&self, chain: Chain, federation: &str) -> Result<Principal, Problem> {
+        let key = Arc::as_ptr(&chain) as usize;
+        if let Some(p) = self
+            .cache
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&key).map(|(_, p)| p.clone()))
+        {
             return Ok(p);
         }
-        let p = principal_from_cert(der, federation)
+        let leaf = chain.first().ok_or_else(|| {
+            Problem::new(
+                Kind::Unauthenticated,
+                "NO_CLIENT_CERT",
+                "no client certificate was presented",
+            )
+        })?;
+        let p = principal_from_cert(leaf.as_ref(), federation)
             .map_err(|e| Problem::new(Kind::PermissionDenied, "BAD_IDENTITY", e.to_string()))?;
         if let Ok(mut c) = self.cache.lock() {
             if c.len() >= CACHE_LIMIT {
                 c.clear();
             }
-            c.insert(der.to_vec(), p.clone());
+            c.insert(key, (chain, p.clone()));
         }
         Ok(p)
     }

@@ -1,11 +1,22 @@
 //! The verifier that ships with the log: recomputes the tree from the stored
-//! entry bytes and checks every stored leaf hash, tree node and checkpoint
-//! against it.
+//! entry bytes and checks every stored leaf hash, tree node, party-index
+//! block and checkpoint against it.
 //!
-//! It reads one connection in one pass (entries in index order, O(log n)
-//! memory), so it can run beside a live gateway on a read-only connection.
+//! It reads one connection in one pass over the entries (index order), with
+//! memory O(log n + partners x block), so it can run beside a live gateway on
+//! a read-only connection. The party index is merged in as it goes: one
+//! cursor per partner over that partner's blocks.
+//!
+//! Only some tree levels are stored (`crossflow_store::ledger::stored_level`);
+//! the others are rehashed by `ledger::nodes` on every read, so besides
+//! comparing each stored row, fsck asks `ledger::nodes` for the right edge
+//! of the stored tree (the nodes a restart loads) and compares what it
+//! serves with the recomputation.
 
-use std::collections::VecDeque;
+use std::{
+    cmp::Reverse,
+    collections::{BinaryHeap, VecDeque},
+};
 
 use rusqlite::{Connection, params};
 
@@ -24,7 +35,11 @@ pub struct Report {
     pub entries: u64,
     /// Entries covered by stored tree nodes.
     pub tree_size: u64,
+    /// Stored node rows compared, plus right-edge nodes read through
+    /// `ledger::nodes` and compared.
     pub nodes_checked: u64,
+    /// (partner, entry) pairs of the party index compared with the entries.
+    pub parties_checked: u64,
     pub checkpoints_checked: u64,
     /// Total problems found (only the first [`MAX_LISTED`] are in `problems`).
     pub problem_count: u64,
@@ -61,8 +76,11 @@ pub fn fsck(
     }
 
     let mut frontier = Frontier::new();
+    let mut edge: Option<Vec<merkle::Hash>> = (report.tree_size == 0).then(Vec::new);
+    let mut parties = PartyCursors::open(conn, &mut report)?;
     let mut node = conn.prepare("SELECT hash FROM ledger_nodes WHERE level = ?1 AND idx = ?2")?;
-    let mut stmt = conn.prepare("SELECT idx, bytes, leaf_hash FROM ledger_entries ORDER BY idx")?;
+    let mut stmt =
+        conn.prepare("SELECT idx, bytes, leaf_hash, parties FROM ledger_entries ORDER BY idx")?;
     let mut rows = stmt.query([])?;
     check_checkpoints_at(&frontier, &mut checkpoints, &mut report);
     while let Some(r) = rows.next()? {
@@ -82,8 +100,18 @@ pub fn fsck(
                 "entry {idx}: stored leaf hash is not SHA-256(0x00 || bytes)"
             ));
         }
+        if (idx as u64) < report.tree_size {
+            let named = ledger::split_parties(&r.get::<_, String>(3)?);
+            let listed = parties.at(conn, idx as u64, &mut report)?;
+            report.parties_checked += listed.len() as u64;
+            if listed != named {
+                report.problem(format!(
+                    "entry {idx}: the party index lists {listed:?}, the entry names {named:?}"
+                ));
+            }
+        }
         for (level, index, hash) in frontier.append(leaf) {
-            if level == 0 || frontier.size() > report.tree_size {
+            if !ledger::stored_level(level) || frontier.size() > report.tree_size {
                 continue;
             }
             report.nodes_checked += 1;
@@ -102,6 +130,9 @@ pub fn fsck(
                 Some(_) => {}
             }
         }
+        if frontier.size() == report.tree_size {
+            edge = Some(frontier.hashes().to_vec());
+        }
         check_checkpoints_at(&frontier, &mut checkpoints, &mut report);
     }
     report.entries = frontier.size();
@@ -111,6 +142,23 @@ pub fn fsck(
             report.tree_size, report.entries
         ));
     }
+    // What a restart loads: the right edge, partly rehashed from stored rows.
+    if let Some(want) = edge {
+        let ids = merkle::root_nodes(report.tree_size);
+        report.nodes_checked += ids.len() as u64;
+        match ledger::nodes(conn, &ids) {
+            Ok(got) if got == want => {}
+            Ok(_) => report.problem(format!(
+                "the right edge served for tree size {} differs from the recomputed tree",
+                report.tree_size
+            )),
+            Err(e) => report.problem(format!(
+                "the right edge of tree size {} cannot be served: {e}",
+                report.tree_size
+            )),
+        }
+    }
+    parties.rest(conn, &mut report)?;
     // A node beyond what the tree covers would be one fsck never compared.
     let stored_nodes: i64 =
         conn.query_row("SELECT COUNT(*) FROM ledger_nodes", [], |r| r.get(0))?;
@@ -130,9 +178,124 @@ pub fn fsck(
     Ok(report)
 }
 
-/// Nodes of level >= 1 stored for a tree of `size` leaves.
+/// One cursor per partner over its party blocks, merged by index.
+struct PartyCursors {
+    partners: Vec<String>,
+    /// Per partner: its current block's indexes (reversed: next at the end)
+    /// and the last index of that block, where the next block query starts.
+    blocks: Vec<(Vec<u64>, i64)>,
+    heads: BinaryHeap<Reverse<(u64, usize)>>,
+}
+
+impl PartyCursors {
+    fn open(conn: &Connection, report: &mut Report) -> Result<Self, StoreError> {
+        let partners = conn
+            .prepare("SELECT DISTINCT partner FROM ledger_party_blocks ORDER BY partner")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        let mut me = PartyCursors {
+            blocks: vec![(Vec::new(), -1); partners.len()],
+            partners,
+            heads: BinaryHeap::new(),
+        };
+        for p in 0..me.partners.len() {
+            me.advance(conn, p, report)?;
+        }
+        Ok(me)
+    }
+
+    /// Moves partner `p` to its next index, loading its next block if needed.
+    /// A malformed or overlapping block is a problem, skipped over.
+    fn advance(
+        &mut self,
+        conn: &Connection,
+        p: usize,
+        report: &mut Report,
+    ) -> Result<(), StoreError> {
+        while self.blocks[p].0.is_empty() {
+            let after = self.blocks[p].1;
+            let next: Option<(i64, i64, Vec<u8>)> = conn
+                .prepare_cached(
+                    "SELECT first_idx, last_idx, gaps FROM ledger_party_blocks
+                     WHERE partner = ?1 AND last_idx > ?2 ORDER BY last_idx LIMIT 1",
+                )?
+                .query_row(params![self.partners[p], after], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .map(Some)
+                .or_else(|e| match e {
+                    rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                    e => Err(e),
+                })?;
+            let Some((first, last, gaps)) = next else {
+                return Ok(());
+            };
+            self.blocks[p].1 = last;
+            match ledger::decode_block(first, last, &gaps) {
+                Ok(_) if first <= after => report.problem(format!(
+                    "party blocks of {:?} overlap at index {first}",
+                    self.partners[p]
+                )),
+                Ok(mut block) => {
+                    block.reverse();
+                    self.blocks[p].0 = block;
+                }
+                Err(e) => report.problem(format!("party index of {:?}: {e}", self.partners[p])),
+            }
+        }
+        if let Some(i) = self.blocks[p].0.pop() {
+            self.heads.push(Reverse((i, p)));
+        }
+        Ok(())
+    }
+
+    /// The partners whose index lists entry `idx` (sorted); anything listed
+    /// below `idx` was skipped over, i.e. names a missing entry.
+    fn at(
+        &mut self,
+        conn: &Connection,
+        idx: u64,
+        report: &mut Report,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        while let Some(&Reverse((i, p))) = self.heads.peek() {
+            if i > idx {
+                break;
+            }
+            self.heads.pop();
+            if i < idx {
+                report.problem(format!(
+                    "the party index of {:?} lists entry {i}, which was not checked",
+                    self.partners[p]
+                ));
+            } else {
+                out.push(self.partners[p].clone());
+            }
+            self.advance(conn, p, report)?;
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// Whatever is left lists entries beyond the tree.
+    fn rest(&mut self, conn: &Connection, report: &mut Report) -> Result<(), StoreError> {
+        while let Some(Reverse((i, p))) = self.heads.pop() {
+            report.problem(format!(
+                "the party index of {:?} lists entry {i}, beyond the tree size {}",
+                self.partners[p], report.tree_size
+            ));
+            self.advance(conn, p, report)?;
+        }
+        Ok(())
+    }
+}
+
+/// Node rows stored for a tree of `size` leaves.
 fn expected_nodes(size: u64) -> u64 {
-    (1..64).map(|l| size >> l).sum()
+    (1..64u8)
+        .filter(|&l| ledger::stored_level(l))
+        .map(|l| size >> l)
+        .sum()
 }
 
 fn check_checkpoints_at(

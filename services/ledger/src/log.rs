@@ -18,7 +18,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crossflow_api::{Caller, Kind, Problem};
+use crossflow_api::{
+    Caller, Kind, Problem,
+    clock::{Clock, SharedClock},
+};
 use crossflow_store::{
     StoreError,
     ledger::{Entry, Integration, LedgerStore, StoredCheckpoint},
@@ -174,6 +177,8 @@ pub struct Integrator<S> {
     frontier: Frontier,
     latest: watch::Sender<Option<Arc<Signed>>>,
     last_signed_at: Option<Instant>,
+    /// Wall clock for `signed_at_ms` (period closes pick anchors by it).
+    clock: SharedClock,
 }
 
 /// A running integrator task.
@@ -196,6 +201,17 @@ impl<S: LedgerStore + Clone> Integrator<S> {
     /// Restores the frontier from stored nodes and checks it against the
     /// latest signed checkpoint; signs a first checkpoint if there is none.
     pub async fn open(store: S, signer: Signer, origin: String) -> Result<Self, LedgerError> {
+        Self::open_with_clock(store, signer, origin, SharedClock::default()).await
+    }
+
+    /// [`Integrator::open`] with the wall clock checkpoints are stamped
+    /// with (the gateway passes the clock its services read).
+    pub async fn open_with_clock(
+        store: S,
+        signer: Signer,
+        origin: String,
+        clock: SharedClock,
+    ) -> Result<Self, LedgerError> {
         let size = store.tree_size().await?;
         let frontier = if size == 0 {
             Frontier::new()
@@ -215,6 +231,7 @@ impl<S: LedgerStore + Clone> Integrator<S> {
             frontier,
             latest: tx,
             last_signed_at: None,
+            clock,
         };
         if me.latest.borrow().is_none() {
             // A log always has a checkpoint, even when empty, so clients can
@@ -254,11 +271,12 @@ impl<S: LedgerStore + Clone> Integrator<S> {
             .leaves(self.frontier.size(), INTEGRATION_BATCH)
             .await?;
         let before = self.frontier.clone();
-        let mut nodes = Vec::with_capacity(leaves.len() + 64);
-        let mut parties = Vec::with_capacity(2 * leaves.len());
-        for leaf in leaves.iter() {
+        let count = leaves.len();
+        let mut nodes = Vec::with_capacity(count + 64);
+        let mut parties = Vec::with_capacity(2 * count);
+        for leaf in leaves {
             let index = self.frontier.size();
-            parties.extend(leaf.parties.iter().map(|p| (p.clone(), index)));
+            parties.extend(leaf.parties.into_iter().map(|p| (p, index)));
             // Level 0 is the entry's own leaf hash, already stored with it.
             nodes.extend(
                 self.frontier
@@ -271,7 +289,7 @@ impl<S: LedgerStore + Clone> Integrator<S> {
             true => Some(self.sign()?),
             false => None,
         };
-        if leaves.is_empty() && checkpoint.is_none() {
+        if count == 0 && checkpoint.is_none() {
             return Ok(0);
         }
         if let Err(e) = self.commit(nodes, parties, checkpoint).await {
@@ -279,7 +297,7 @@ impl<S: LedgerStore + Clone> Integrator<S> {
             self.frontier = before;
             return Err(e);
         }
-        Ok(leaves.len())
+        Ok(count)
     }
 
     /// Steps until stopped: at once while there is a backlog, otherwise
@@ -329,7 +347,7 @@ impl<S: LedgerStore + Clone> Integrator<S> {
             size: self.frontier.size(),
             root,
             note: self.signer.sign(&body)?,
-            signed_at_ms: crossflow_api::clock::now_ms(),
+            signed_at_ms: self.clock.now_ms(),
         })
     }
 

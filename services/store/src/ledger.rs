@@ -12,15 +12,29 @@
 //! Leaf hashes are computed here (SHA-256(0x00 ‖ entry), with `ring`) rather
 //! than passed in, so no caller can store an entry under a hash that is not
 //! its own. Level-0 tree nodes are those leaf hashes, read from
-//! `ledger_entries`; `ledger_nodes` holds levels 1 and up.
+//! `ledger_entries`; `ledger_nodes` holds some levels above them (see below).
 //!
 //! Sequencing is one row insert: the parties travel in a column of the entry
-//! row, and the integrator copies them into the `ledger_parties` index (for
-//! ListEntries) in bulk, with the tree nodes. Multi-row inserts there cost
-//! far less per row than one statement per party on the request path, which
-//! is what keeps durable append within 2x of plain inserts.
+//! row, and the integrator indexes them for ListEntries with the tree nodes.
+//!
+//! Since migration `0007_ledger_compact` both of the integrator's tables are
+//! compact, in the spirit of Tessera's tiles, because the single writer's
+//! cost is per row: a row per tree node and per (partner, entry) made
+//! integration write ~3 rows per entry on top of the entry itself.
+//!
+//! - `ledger_nodes` keeps only levels 3, 7, 11, ... ([`stored_level`]): about
+//!   one row per 7.5 entries. Any other complete subtree is rehashed from at
+//!   most 8 stored nodes (or 4 leaf hashes) one stored level below it, so
+//!   [`nodes`] still answers any complete subtree in one query, with a bounded
+//!   number of rows per asked node.
+//! - `ledger_party_blocks` holds one row per partner per integration step
+//!   (at most [`BLOCK_MAX`] indexes): first and last index, and the gaps
+//!   between consecutive indexes as LEB128 varints.
 
-use std::{collections::HashMap, fmt::Write as _, future::Future};
+use std::{
+    collections::{BTreeMap, HashMap},
+    future::Future,
+};
 
 use ring::digest::{Context, SHA256};
 use rusqlite::{Connection, OptionalExtension, Row, params};
@@ -68,6 +82,51 @@ CREATE TABLE ledger_checkpoints (
 ",
 };
 
+/// Compacts the party index into per-partner blocks and drops the tree
+/// nodes that are no longer stored. Existing `(partner, idx)` rows become
+/// blocks of one index (an empty gap list), which [`entries`] reads like any
+/// other block.
+pub(crate) const MIGRATION_COMPACT: Migration = Migration {
+    name: "0007_ledger_compact",
+    sql: "
+CREATE TABLE ledger_party_blocks (
+    partner   TEXT NOT NULL,
+    first_idx INTEGER NOT NULL,
+    last_idx  INTEGER NOT NULL,
+    -- LEB128 varints: idx[i] - idx[i-1] for every index after the first.
+    gaps      BLOB NOT NULL,
+    PRIMARY KEY (partner, last_idx)
+) STRICT, WITHOUT ROWID;
+INSERT INTO ledger_party_blocks (partner, first_idx, last_idx, gaps)
+    SELECT partner, idx, idx, X'' FROM ledger_parties;
+DROP TABLE ledger_parties;
+-- Keep levels 3, 7, 11, ...: see stored_level().
+DELETE FROM ledger_nodes WHERE level % 4 != 3;
+",
+};
+
+/// Most indexes in one party block: bounds what one ListEntries page decodes
+/// beyond what it returns.
+pub const BLOCK_MAX: usize = 1024;
+
+/// Whether complete subtrees of `level` are kept in `ledger_nodes`. Level 0
+/// is the entries' leaf hashes; levels 1 and 2 are rehashed from up to 4
+/// leaves, and a level `4k + 3 + r` (r = 1..3) from `2^r` nodes of level
+/// `4k + 3`.
+pub const fn stored_level(level: u8) -> bool {
+    level % 4 == 3
+}
+
+/// The stored level a node of `level` is rehashed from (itself if stored;
+/// 0 means the leaf hashes).
+const fn base_level(level: u8) -> u8 {
+    if level < 3 {
+        0
+    } else {
+        level - (level - 3) % 4
+    }
+}
+
 /// A tree hash.
 pub type Hash = [u8; 32];
 
@@ -104,10 +163,11 @@ pub struct StoredCheckpoint {
 #[derive(Debug, Clone, Default)]
 pub struct Integration {
     pub size: u64,
-    /// `(level, index, hash)`; level-0 nodes are skipped (they are the
-    /// entries' leaf hashes).
+    /// `(level, index, hash)` as the frontier emits them; only the levels
+    /// [`stored_level`] keeps are persisted (level 0 is the entries' leaf
+    /// hashes).
     pub nodes: Vec<(u8, u64, Hash)>,
-    /// `(partner, index)` rows for `ledger_parties`.
+    /// `(partner, index)` pairs, packed into one party block per partner.
     pub parties: Vec<(String, u64)>,
     pub checkpoint: Option<StoredCheckpoint>,
 }
@@ -136,7 +196,8 @@ pub trait LedgerStore: Send + Sync + 'static {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<Entry>, StoreError>> + Send;
 
-    /// Hashes of the complete subtrees `ids`, in order, in one query.
+    /// Hashes of the complete subtrees `ids`, in order, in one query
+    /// (whichever levels are stored: see [`stored_level`]).
     fn nodes(
         &self,
         ids: Vec<(u8, u64)>,
@@ -174,6 +235,17 @@ pub trait LedgerStore: Send + Sync + 'static {
 }
 
 // === sequencing ===
+
+/// SHA-256(0x01 ‖ left ‖ right), the RFC 6962 interior node hash.
+pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
+    let mut ctx = Context::new(&SHA256);
+    ctx.update(&[0x01]);
+    ctx.update(left);
+    ctx.update(right);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
 
 /// SHA-256(0x00 ‖ entry), the RFC 6962 leaf hash.
 pub fn leaf_hash(entry: &[u8]) -> Hash {
@@ -255,7 +327,8 @@ pub fn parties(conn: &Connection, index: u64) -> Result<Vec<String>, StoreError>
     Ok(split_parties(joined.as_deref().unwrap_or_default()))
 }
 
-fn split_parties(joined: &str) -> Vec<String> {
+/// Partner ids of an entry's `parties` column, sorted, without duplicates.
+pub fn split_parties(joined: &str) -> Vec<String> {
     let mut v: Vec<String> = joined
         .split(',')
         .filter(|p| !p.is_empty())
@@ -275,88 +348,203 @@ pub fn entries(
     limit: usize,
 ) -> Result<Vec<Entry>, StoreError> {
     let since = i64::try_from(since).unwrap_or(i64::MAX);
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let rows = match party {
-        Some(p) => {
-            let mut stmt = conn.prepare_cached(
-                "SELECT e.idx, e.bytes, e.leaf_hash, e.recorded_at_ms
-                 FROM ledger_parties p JOIN ledger_entries e ON e.idx = p.idx
-                 WHERE p.partner = ?1 AND p.idx >= ?2
-                 ORDER BY p.idx LIMIT ?3",
-            )?;
-            stmt.query_map(params![p, since, limit], |r| Ok(entry_row(r)))?
-                .collect::<Result<Vec<_>, _>>()?
-        }
-        None => {
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE idx >= ?1 ORDER BY idx LIMIT ?2"
-            ))?;
-            stmt.query_map(params![since, limit], |r| Ok(entry_row(r)))?
-                .collect::<Result<Vec<_>, _>>()?
-        }
+    let Some(p) = party else {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE idx >= ?1 ORDER BY idx LIMIT ?2"
+        ))?;
+        let rows = stmt
+            .query_map(params![since, limit], |r| Ok(entry_row(r)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        return rows.into_iter().collect();
     };
-    rows.into_iter().collect()
+    // The blocks that can hold an index >= since, in index order; decode
+    // until the page is full.
+    let mut wanted: Vec<u64> = Vec::with_capacity(limit.min(BLOCK_MAX));
+    {
+        let mut blocks = conn.prepare_cached(
+            "SELECT first_idx, last_idx, gaps FROM ledger_party_blocks
+             WHERE partner = ?1 AND last_idx >= ?2 ORDER BY last_idx",
+        )?;
+        let mut rows = blocks.query(params![p, since])?;
+        while wanted.len() < limit {
+            let Some(r) = rows.next()? else { break };
+            let gaps: Vec<u8> = r.get(2)?;
+            let block = decode_block(r.get(0)?, r.get(1)?, &gaps)?;
+            let from = block.partition_point(|&i| (i as i64) < since);
+            let take = (limit - wanted.len()).min(block.len() - from);
+            wanted.extend_from_slice(&block[from..from + take]);
+        }
+    }
+    let mut one = conn.prepare_cached(&format!(
+        "SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE idx = ?1"
+    ))?;
+    wanted
+        .into_iter()
+        .map(|i| {
+            one.query_row([i as i64], |r| Ok(entry_row(r)))
+                .optional()?
+                .ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "party index of {p:?} lists entry {i}, which is not stored"
+                    ))
+                })?
+        })
+        .collect()
 }
 
-/// Hashes of complete subtrees `ids`, in order, with one query. A node that
-/// is not stored is `Corrupt`: callers only ask for nodes of integrated trees.
+/// The indexes of one party block, ascending: `first`, then each LEB128 gap
+/// added to the previous index; the last must be `last`.
+pub fn decode_block(first: i64, last: i64, gaps: &[u8]) -> Result<Vec<u64>, StoreError> {
+    let bad = |why: &str| {
+        StoreError::Corrupt(format!(
+            "party block ({first}..={last}) is malformed: {why}"
+        ))
+    };
+    let mut at = u64::try_from(first).map_err(|_| bad("negative first index"))?;
+    let mut out = Vec::with_capacity(gaps.len() + 1);
+    out.push(at);
+    let (mut gap, mut shift) = (0u64, 0u32);
+    for &b in gaps {
+        if shift > 56 {
+            return Err(bad("gap varint too long"));
+        }
+        gap |= u64::from(b & 0x7f) << shift;
+        shift += 7;
+        if b & 0x80 == 0 {
+            if gap == 0 {
+                return Err(bad("indexes not ascending"));
+            }
+            at = at.checked_add(gap).ok_or_else(|| bad("index overflow"))?;
+            out.push(at);
+            (gap, shift) = (0, 0);
+        }
+    }
+    if shift != 0 {
+        return Err(bad("truncated gap varint"));
+    }
+    if i64::try_from(at).ok() != Some(last) {
+        return Err(bad("last index does not match the gaps"));
+    }
+    Ok(out)
+}
+
+/// The gaps of ascending `indexes` as [`decode_block`] reads them.
+fn encode_gaps(indexes: &[u64]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(indexes.len());
+    for w in indexes.windows(2) {
+        let mut gap = w[1] - w[0];
+        loop {
+            let low = (gap & 0x7f) as u8;
+            gap >>= 7;
+            if gap == 0 {
+                out.push(low);
+                break;
+            }
+            out.push(low | 0x80);
+        }
+    }
+    out
+}
+
+/// Most ranges per node query: SQLite caps a compound SELECT at 500 terms.
+const RANGES_PER_QUERY: usize = 400;
+
+/// Hashes of complete subtrees `ids`, in order. Stored levels and leaves are
+/// read as they are; any other node is rehashed from the stored level below
+/// it. Every row needed is fetched with one query (a range per asked node;
+/// more than [`RANGES_PER_QUERY`] nodes take more queries). A row that is
+/// not stored is `Corrupt`: callers only ask for nodes of integrated trees.
 pub fn nodes(conn: &Connection, ids: &[(u8, u64)]) -> Result<Vec<Hash>, StoreError> {
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut leaves = Vec::new();
-    let mut inner = Vec::new();
+    // (base level, first index, count) of the stored rows each id needs.
+    let mut ranges: Vec<(u8, i64, i64)> = Vec::with_capacity(ids.len());
     for &(level, index) in ids {
-        let i = i64::try_from(index)
-            .map_err(|_| StoreError::Corrupt(format!("node index {index} out of range")))?;
-        if level == 0 {
-            leaves.push(i);
-        } else {
-            inner.push((i64::from(level), i));
+        let out_of_range =
+            || StoreError::Corrupt(format!("node (level {level}, index {index}) out of range"));
+        if level >= 63 {
+            return Err(out_of_range());
         }
+        let base = base_level(level);
+        let width = 1u64 << (level - base);
+        // The last row of the range must be addressable too.
+        let first = index
+            .checked_mul(width)
+            .filter(|f| {
+                f.checked_add(width - 1)
+                    .is_some_and(|l| l <= i64::MAX as u64)
+            })
+            .and_then(|f| i64::try_from(f).ok())
+            .ok_or_else(out_of_range)?;
+        ranges.push((base, first, width as i64));
     }
-    // Placeholders only; values are bound. At most ~130 ids per proof.
+    let mut found: HashMap<(u8, i64), Hash> = HashMap::with_capacity(ids.len() * 4);
+    for chunk in ranges.chunks(RANGES_PER_QUERY) {
+        fetch_ranges(conn, chunk, &mut found)?;
+    }
+    ids.iter()
+        .zip(&ranges)
+        .map(|(&(level, index), &(base, first, width))| {
+            let mut row: Vec<Hash> = (first..=first + (width - 1))
+                .map(|i| {
+                    found.get(&(base, i)).copied().ok_or_else(|| {
+                        StoreError::Corrupt(format!(
+                            "tree node (level {base}, index {i}) is not stored \
+                             (asked for level {level}, index {index})"
+                        ))
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+            while row.len() > 1 {
+                row = row
+                    .chunks_exact(2)
+                    .map(|p| node_hash(&p[0], &p[1]))
+                    .collect();
+            }
+            // `width` >= 1, so one hash is left.
+            row.first()
+                .copied()
+                .ok_or_else(|| StoreError::Corrupt(format!("node (level {level}) has no rows")))
+        })
+        .collect()
+}
+
+/// One query for the rows `(level, first .. first + count)` of `ranges`.
+fn fetch_ranges(
+    conn: &Connection,
+    ranges: &[(u8, i64, i64)],
+    found: &mut HashMap<(u8, i64), Hash>,
+) -> Result<(), StoreError> {
+    if ranges.is_empty() {
+        return Ok(());
+    }
+    // Placeholders only; values are bound.
     let mut sql = String::new();
-    let mut values: Vec<i64> = Vec::with_capacity(leaves.len() + 2 * inner.len());
-    if !leaves.is_empty() {
-        sql.push_str("SELECT 0, idx, leaf_hash FROM ledger_entries WHERE idx IN (");
-        for (n, i) in leaves.iter().enumerate() {
-            sql.push_str(if n == 0 { "?" } else { ",?" });
-            values.push(*i);
-        }
-        sql.push(')');
-    }
-    if !inner.is_empty() {
-        if !sql.is_empty() {
+    let mut values: Vec<i64> = Vec::with_capacity(3 * ranges.len());
+    for (n, &(level, first, count)) in ranges.iter().enumerate() {
+        if n > 0 {
             sql.push_str(" UNION ALL ");
         }
-        sql.push_str("SELECT level, idx, hash FROM ledger_nodes WHERE (level, idx) IN (VALUES ");
-        for (n, (level, i)) in inner.iter().enumerate() {
-            let _ = write!(sql, "{}(?,?)", if n == 0 { "" } else { "," });
-            values.push(*level);
-            values.push(*i);
+        if level == 0 {
+            sql.push_str("SELECT 0, idx, leaf_hash FROM ledger_entries WHERE idx BETWEEN ? AND ?");
+        } else {
+            sql.push_str(
+                "SELECT level, idx, hash FROM ledger_nodes WHERE level = ? AND idx BETWEEN ? AND ?",
+            );
+            values.push(i64::from(level));
         }
-        sql.push(')');
+        values.push(first);
+        // nodes() checked that the last row is addressable.
+        values.push(first + (count - 1));
     }
     let mut stmt = conn.prepare_cached(&sql)?;
-    let mut found: HashMap<(u8, u64), Hash> = HashMap::with_capacity(ids.len());
     let mut rows = stmt.query(rusqlite::params_from_iter(values.iter()))?;
     while let Some(r) = rows.next()? {
         let level: i64 = r.get(0)?;
         let index: i64 = r.get(1)?;
         let hash = fixed(r.get::<_, Vec<u8>>(2)?, "node hash")?;
-        found.insert((level as u8, index as u64), hash);
+        found.insert((level as u8, index), hash);
     }
-    ids.iter()
-        .map(|id| {
-            found.get(id).copied().ok_or_else(|| {
-                StoreError::Corrupt(format!(
-                    "tree node (level {}, index {}) is not stored",
-                    id.0, id.1
-                ))
-            })
-        })
-        .collect()
+    Ok(())
 }
 
 /// Number of sequenced entries.
@@ -431,11 +619,13 @@ fn insert_rows(
     Ok(())
 }
 
-/// Persists `step` in the caller's write closure.
+/// Persists `step` in the caller's write closure: the nodes of stored
+/// levels (others are dropped: [`nodes`] rehashes them), one party block per
+/// partner (per [`BLOCK_MAX`] indexes), the tree size and the checkpoint.
 pub fn integrate(conn: &Connection, step: &Integration) -> Result<(), StoreError> {
     use rusqlite::types::{ToSqlOutput, ValueRef};
-    let mut values: Vec<ToSqlOutput<'_>> = Vec::with_capacity(3 * step.nodes.len());
-    for (level, index, hash) in step.nodes.iter().filter(|n| n.0 > 0) {
+    let mut values: Vec<ToSqlOutput<'_>> = Vec::with_capacity(step.nodes.len());
+    for (level, index, hash) in step.nodes.iter().filter(|n| stored_level(n.0)) {
         values.push(ToSqlOutput::Borrowed(ValueRef::Integer(i64::from(*level))));
         values.push(ToSqlOutput::Borrowed(ValueRef::Integer(*index as i64)));
         values.push(ToSqlOutput::Borrowed(ValueRef::Blob(&hash[..])));
@@ -446,17 +636,25 @@ pub fn integrate(conn: &Connection, step: &Integration) -> Result<(), StoreError
         3,
         &values,
     )?;
-    values.clear();
+    let mut by_partner: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
     for (partner, index) in &step.parties {
-        values.push(ToSqlOutput::Borrowed(ValueRef::Text(partner.as_bytes())));
-        values.push(ToSqlOutput::Borrowed(ValueRef::Integer(*index as i64)));
+        by_partner.entry(partner).or_default().push(*index);
     }
-    insert_rows(
-        conn,
-        "INSERT INTO ledger_parties (partner, idx) VALUES ",
-        2,
-        &values,
+    let mut block = conn.prepare_cached(
+        "INSERT INTO ledger_party_blocks (partner, first_idx, last_idx, gaps) VALUES (?1, ?2, ?3, ?4)",
     )?;
+    for (partner, mut indexes) in by_partner {
+        indexes.sort_unstable();
+        indexes.dedup();
+        for b in indexes.chunks(BLOCK_MAX) {
+            let (first, last) = (b[0], b[b.len() - 1]);
+            let first = i64::try_from(first)
+                .map_err(|_| StoreError::Corrupt(format!("ledger index {first} out of range")))?;
+            let last = i64::try_from(last)
+                .map_err(|_| StoreError::Corrupt(format!("ledger index {last} out of range")))?;
+            block.execute(params![partner, first, last, encode_gaps(b)])?;
+        }
+    }
     conn.prepare_cached("UPDATE ledger_tree SET size = ?1 WHERE id = 0")?
         .execute([step.size as i64])?;
     if let Some(c) = &step.checkpoint {

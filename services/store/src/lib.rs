@@ -10,6 +10,7 @@ pub mod conversions;
 mod db;
 pub mod landings;
 pub mod ledger;
+pub mod periods;
 pub mod quotas;
 pub mod tags;
 
@@ -59,6 +60,8 @@ pub const MIGRATIONS: &[Migration] = &[
     quotas::MIGRATION,
     conversions::MIGRATION,
     tags::MIGRATION,
+    periods::MIGRATION,
+    ledger::MIGRATION_COMPACT,
 ];
 
 /// The SQLite implementation of every storage trait.

@@ -108,7 +108,11 @@ async fn tree_after_reopen_equals_tree_from_entries() {
     assert!(report.ok(), "{report:?}");
     assert_eq!(report.entries, 20_003);
     assert_eq!(report.checkpoints_checked, 8);
-    assert_eq!(report.nodes_checked, 20_003 - 20_003u64.count_ones() as u64);
+    // Stored rows (levels 3, 7, 11) plus the right edge read through
+    // `ledger::nodes`; every (partner, entry) pair of the party index.
+    let rows: u64 = [3, 7, 11].iter().map(|l| 20_003u64 >> l).sum();
+    assert_eq!(report.nodes_checked, rows + 20_003u64.count_ones() as u64);
+    assert_eq!(report.parties_checked, 20_003 + 20_003u64.div_ceil(3));
 }
 
 #[tokio::test]
@@ -370,5 +374,51 @@ async fn fsck_finds_rewritten_entries() {
             .iter()
             .any(|p| p.contains("checkpoint of size 5")),
         "{report:?}"
+    );
+}
+
+#[tokio::test]
+async fn fsck_checks_the_party_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Sqlite::open(dir.path()).unwrap();
+    let mut integ = Integrator::open(s.clone(), signer(), ORIGIN.into())
+        .await
+        .unwrap();
+    append(&s, 0, 10).await;
+    drain(&mut integ, Duration::ZERO).await;
+    append(&s, 10, 20).await;
+    drain(&mut integ, Duration::ZERO).await;
+    drop(integ);
+    let check = || s.db().read_blocking(|c| fsck(c, None, None)).unwrap();
+    let clean = check();
+    assert!(clean.ok(), "{clean:?}");
+    // a: even entries, b: odd, c: multiples of 3.
+    assert_eq!(clean.parties_checked, 20 + 7);
+    // Drop c's second block (entries 12, 15, 18) and garble a's first.
+    s.db()
+        .write(|c| {
+            c.execute(
+                "DELETE FROM ledger_party_blocks WHERE partner = 'c' AND first_idx = 12",
+                [],
+            )?;
+            c.execute(
+                "UPDATE ledger_party_blocks SET gaps = x'0280' WHERE partner = 'a' AND first_idx = 0",
+                [],
+            )?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let report = check();
+    assert!(!report.ok());
+    let text = report.problems.join("\n");
+    assert!(
+        text.contains("entry 12: the party index lists [\"a\"], the entry names [\"a\", \"c\"]"),
+        "{text}"
+    );
+    assert!(text.contains("party index of \"a\""), "{text}");
+    assert!(
+        text.contains("entry 0: the party index lists [\"c\"], the entry names [\"a\", \"c\"]"),
+        "{text}"
     );
 }

@@ -60,11 +60,12 @@ async fn integration_persists_nodes_parties_and_checkpoints() {
     assert_eq!(leaves[3].parties, vec!["all", "odd"]);
     assert_eq!(s.leaves(n - 2, 10).await.unwrap().len(), 2);
 
-    // Nodes as a frontier would emit them (values are arbitrary here): more
-    // than a full multi-row chunk, plus a remainder, plus a level-0 node
-    // that must be skipped.
-    let nodes: Vec<(u8, u64, Hash)> = (0..2 * CHUNK as u64 + 3)
-        .map(|i| (1 + (i % 3) as u8, i, [i as u8; 32]))
+    // Every complete subtree of the real tree, as a frontier would emit
+    // them (levels that are not kept are dropped by `integrate`), plus a
+    // level-0 node that must be skipped too.
+    let nodes: Vec<(u8, u64, Hash)> = tree(&leaves.iter().map(|l| l.hash).collect::<Vec<_>>())
+        .into_iter()
+        .filter(|n| n.0 > 0)
         .chain([(0, 0, [0xee; 32])])
         .collect();
     let parties = leaves
@@ -95,26 +96,47 @@ async fn integration_persists_nodes_parties_and_checkpoints() {
     assert_eq!(s.checkpoint(n + 1).await.unwrap(), None);
     assert_eq!(s.checkpoints().await.unwrap(), vec![checkpoint]);
 
-    // One query answers a mix of leaves (level 0, from the entries) and
-    // stored nodes, in the order asked.
-    let ids = vec![(2, 1), (0, 7), (1, 0), (3, 2 * CHUNK as u64), (0, 0)];
-    let got = s.nodes(ids).await.unwrap();
+    // Only levels 3, 7, ... are rows; any complete subtree is answered, in
+    // the order asked, leaves (level 0) included.
+    let stored: i64 = s
+        .db()
+        .read_blocking(|c| Ok(c.query_row("SELECT COUNT(*) FROM ledger_nodes", [], |r| r.get(0))?))
+        .unwrap();
+    assert_eq!(stored as u64, (n >> 3) + (n >> 7), "{n} entries");
+    let all: Vec<(u8, u64, Hash)> = nodes.iter().filter(|x| x.0 > 0).copied().collect();
+    let ids: Vec<(u8, u64)> = all.iter().map(|x| (x.0, x.1)).rev().collect();
+    let want: Vec<Hash> = all.iter().map(|x| x.2).rev().collect();
+    assert_eq!(s.nodes(ids).await.unwrap(), want);
+    let ids = vec![(2, 1), (0, 7), (1, 0), (3, 2 * CHUNK as u64 / 8), (0, 0)];
+    let got = s.nodes(ids.clone()).await.unwrap();
+    let find = |id: (u8, u64)| all.iter().find(|x| (x.0, x.1) == id).unwrap().2;
     assert_eq!(
         got,
         vec![
-            [1; 32],
+            find((2, 1)),
             leaf_hash(b"entry 7"),
-            [0; 32],
-            [(2 * CHUNK) as u8; 32],
+            find((1, 0)),
+            find((3, 2 * CHUNK as u64 / 8)),
             leaf_hash(b"entry 0"),
         ]
     );
-    let missing = s.nodes(vec![(5, 0)]).await;
-    assert!(
-        matches!(missing, Err(StoreError::Corrupt(_))),
-        "{missing:?}"
-    );
-
+    // Beyond the stored tree (node (7, 1) needs level-3 nodes 16..32; there
+    // are n >> 3 = 24) and past 2^63 leaves: corrupt, not a panic.
+    for id in [
+        (7, 1),
+        (8, 0),
+        (62, 2),
+        (63, 0),
+        (5, u64::MAX),
+        (2, i64::MAX as u64 / 4),
+        (0, i64::MAX as u64 + 1),
+    ] {
+        let missing = s.nodes(vec![id]).await;
+        assert!(
+            matches!(missing, Err(StoreError::Corrupt(_))),
+            "{id:?}: {missing:?}"
+        );
+    }
     let odd = s.entries(Some("odd".into()), 0, 3).await.unwrap();
     let idx: Vec<u64> = odd.iter().map(|e| e.index).collect();
     assert_eq!(idx, vec![1, 3, 5]);
@@ -137,4 +159,123 @@ async fn integration_persists_nodes_parties_and_checkpoints() {
             .is_empty()
     );
     assert_eq!(s.entries(None, n - 1, 10).await.unwrap().len(), 1);
+}
+
+/// Every complete subtree of the tree over `leaves`, as `(level, index,
+/// hash)`, computed the slow way.
+fn tree(leaves: &[Hash]) -> Vec<(u8, u64, Hash)> {
+    let mut out: Vec<(u8, u64, Hash)> = Vec::new();
+    let mut row: Vec<Hash> = leaves.to_vec();
+    let mut level = 0u8;
+    while !row.is_empty() {
+        out.extend(row.iter().enumerate().map(|(i, h)| (level, i as u64, *h)));
+        row = row
+            .chunks_exact(2)
+            .map(|p| node_hash(&p[0], &p[1]))
+            .collect();
+        level += 1;
+    }
+    out
+}
+
+#[test]
+fn party_blocks_round_trip_and_reject_garbage() {
+    for idx in [
+        vec![0u64],
+        vec![5, 6, 7],
+        vec![1, 200, 70_000, 1 << 40, (1 << 40) + 1],
+    ] {
+        let gaps = encode_gaps(&idx);
+        let last = *idx.last().unwrap() as i64;
+        assert_eq!(decode_block(idx[0] as i64, last, &gaps).unwrap(), idx);
+        // A wrong last index, a truncated varint, a zero gap: all corrupt.
+        assert!(decode_block(idx[0] as i64, last + 1, &gaps).is_err());
+        let mut cut = gaps.clone();
+        cut.push(0x80);
+        assert!(decode_block(idx[0] as i64, last, &cut).is_err());
+        let mut zero = gaps.clone();
+        zero.push(0);
+        assert!(decode_block(idx[0] as i64, last, &zero).is_err());
+    }
+    assert!(decode_block(-1, -1, &[]).is_err());
+    assert!(decode_block(0, 0, &[0xff; 11]).is_err());
+}
+
+#[tokio::test]
+async fn compact_migration_converts_the_old_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 300u64;
+    let hashes: Vec<Hash> = (0..n)
+        .map(|i| leaf_hash(format!("entry {i}").as_bytes()))
+        .collect();
+    let all = tree(&hashes);
+    {
+        // The schema before 0007: every level >= 1 stored, one party row per
+        // (partner, entry).
+        let before: Vec<Migration> = crate::MIGRATIONS
+            .iter()
+            .filter(|m| m.name != MIGRATION_COMPACT.name)
+            .copied()
+            .collect();
+        let db = crate::Db::open(dir.path(), &before).unwrap();
+        let old = all.clone();
+        db.write(move |c| {
+            for i in 0..n {
+                let who = if i % 3 == 0 { "three" } else { "other" };
+                sequence(c, format!("entry {i}").as_bytes(), &[who, "all"], 0)?;
+                c.execute(
+                    "INSERT INTO ledger_parties VALUES (?1, ?2)",
+                    params![who, i as i64],
+                )?;
+                c.execute("INSERT INTO ledger_parties VALUES ('all', ?1)", [i as i64])?;
+            }
+            for (level, idx, hash) in old.iter().filter(|x| x.0 > 0) {
+                c.execute(
+                    "INSERT INTO ledger_nodes VALUES (?1, ?2, ?3)",
+                    params![i64::from(*level), *idx as i64, &hash[..]],
+                )?;
+            }
+            c.execute("UPDATE ledger_tree SET size = ?1", [n as i64])?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        db.close();
+    }
+    let s = Sqlite::open(dir.path()).unwrap();
+    let ids: Vec<(u8, u64)> = all.iter().map(|x| (x.0, x.1)).collect();
+    let want: Vec<Hash> = all.iter().map(|x| x.2).collect();
+    assert_eq!(s.nodes(ids).await.unwrap(), want);
+    let stored: i64 = s
+        .db()
+        .read_blocking(|c| Ok(c.query_row("SELECT COUNT(*) FROM ledger_nodes", [], |r| r.get(0))?))
+        .unwrap();
+    assert_eq!(stored as u64, (n >> 3) + (n >> 7));
+    let three: Vec<u64> = s
+        .entries(Some("three".into()), 7, 5)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.index)
+        .collect();
+    assert_eq!(three, vec![9, 12, 15, 18, 21]);
+    assert_eq!(
+        s.entries(Some("all".into()), 0, 1000).await.unwrap().len() as u64,
+        n
+    );
+    // New integrations append blocks beside the converted single-index ones.
+    s.db()
+        .write(move |c| sequence(c, b"entry 300", &["three"], 0))
+        .await
+        .unwrap();
+    s.integrate(Integration {
+        size: n + 1,
+        nodes: Vec::new(),
+        parties: vec![("three".into(), n)],
+        checkpoint: None,
+    })
+    .await
+    .unwrap();
+    let last = s.entries(Some("three".into()), 298, 10).await.unwrap();
+    assert_eq!(last.iter().map(|e| e.index).collect::<Vec<_>>(), vec![n]);
 }
