@@ -22,9 +22,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(env::var("OUT_DIR")?);
     // Reflection serves this set, so generated clients in any language work.
     fs::write(out.join("crossflow_descriptor.bin"), fds.encode_to_vec())?;
+    // Servers decode requests with our codec, which answers an undecodable
+    // request INVALID_ARGUMENT MALFORMED_MESSAGE. tonic-build takes one codec
+    // for servers and clients alike, and a response that does not decode is
+    // the server's bug, not the caller's, so clients are generated in a second
+    // pass with tonic-prost's codec (INTERNAL), reusing the first pass's types.
     tonic_prost_build::configure()
         .build_server(true)
+        .build_client(false)
+        .codec_path("crate::codec::RequestCodec")
+        .compile_fds(fds.clone())?;
+    let clients = out.join("client");
+    fs::create_dir_all(&clients)?;
+    tonic_prost_build::configure()
+        .build_server(false)
         .build_client(true)
+        .extern_path(".crossflow.v1", "crate::v1")
+        .out_dir(&clients)
         .compile_fds(fds)?;
     Ok(())
 }

@@ -25,6 +25,12 @@ use tonic_types::{ErrorDetails, StatusExt};
 /// `google.rpc.ErrorInfo.domain` of every crossflow error.
 pub const ERROR_DOMAIN: &str = "crossflow.v1";
 
+/// `ErrorInfo.reason` of a request that does not decode as protobuf.
+pub const MALFORMED_MESSAGE: &str = "MALFORMED_MESSAGE";
+
+/// `ErrorInfo.reason` of a request message over the server's size limit.
+pub const MESSAGE_TOO_LARGE: &str = "MESSAGE_TOO_LARGE";
+
 /// Who is calling, as proven by the client certificate's SPIFFE URI SAN.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Caller {
@@ -158,6 +164,31 @@ impl Problem {
             reason,
             ..Problem::invalid(vec![v])
         }
+    }
+
+    /// `INVALID_ARGUMENT` for a request whose bytes do not decode as its
+    /// protobuf message (reason `MALFORMED_MESSAGE`): a string that is not
+    /// UTF-8, a field with the wrong wire type, a truncated field. Names the
+    /// field when the decoder knows it.
+    pub fn malformed(message: impl Into<String>, violations: Vec<Violation>) -> Problem {
+        Problem {
+            violations,
+            ..Problem::new(Kind::InvalidArgument, MALFORMED_MESSAGE, message)
+        }
+    }
+
+    /// `RESOURCE_EXHAUSTED` for a request message larger than the server
+    /// accepts (reason `MESSAGE_TOO_LARGE`), as gRPC's status code table
+    /// says. Metadata `limit_bytes` names the limit and `size_bytes` the
+    /// size the request declared, so a partner can split or trim it.
+    pub fn message_too_large(size: usize, limit: usize) -> Problem {
+        Problem::new(
+            Kind::ResourceExhausted,
+            MESSAGE_TOO_LARGE,
+            format!("request message is {size} bytes; the limit is {limit} bytes"),
+        )
+        .with("limit_bytes", limit.to_string())
+        .with("size_bytes", size.to_string())
     }
 
     /// A storage or other internal failure: logged here, generic on the wire.

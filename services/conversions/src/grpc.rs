@@ -84,17 +84,12 @@ impl ConversionService for Conversions {
     ) -> Result<Response<pb::ReportConversionResponse>, GrpcStatus> {
         let caller = crossflow_api::partner(&req)?;
         let r = req.into_inner();
-        let occurred_at_ms = match &r.occurred_at {
-            Some(t) => Some(millis(t).ok_or_else(|| {
-                crossflow_api::Problem::field(
-                    "INVALID_FIELD",
-                    "occurred_at",
-                    "must be a valid timestamp",
-                )
-                .into_status()
-            })?),
-            None => None,
-        };
+        // An invalid timestamp is checked with the other fields, so one
+        // answer still names every bad field.
+        let occurred_at_ms = r
+            .occurred_at
+            .as_ref()
+            .map(|t| millis(t).unwrap_or(crate::INVALID_TIMESTAMP_MS));
         let rec = self
             .report(
                 &caller,

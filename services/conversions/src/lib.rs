@@ -40,6 +40,11 @@ pub const MAX_FUTURE_MS: i64 = 5 * 60 * 1000;
 pub const MAX_AGE_MS: i64 = 90 * 86_400 * 1000;
 /// Longest release note, in bytes.
 pub const MAX_NOTE_BYTES: usize = 256;
+/// `ReportRequest::occurred_at_ms` for a wire timestamp that is no instant
+/// (nanos outside 0..1e9, or beyond i64 milliseconds). No valid timestamp
+/// converts to it (i64::MIN is not a whole number of seconds plus 0..999
+/// ms), so the check can name the field next to every other bad one.
+pub const INVALID_TIMESTAMP_MS: i64 = i64::MIN;
 /// The landing-velocity fraud rule counts landings in this window.
 const VELOCITY_WINDOW_MS: i64 = 3_600_000;
 
@@ -332,6 +337,7 @@ impl Conversions {
             target,
             now: self.clock.now_ms(),
             salt: entry::salt()?,
+            settings: self.settings.get(),
         };
         self.db.write(move |conn| update_tx(conn, &ctx)).await?
     }
@@ -446,6 +452,10 @@ fn check_report(req: &ReportRequest, now: i64) -> Result<Checked, ConversionErro
     }
     match req.occurred_at_ms {
         None => c.violation("occurred_at", "must be set"),
+        Some(INVALID_TIMESTAMP_MS) => c.violation(
+            "occurred_at",
+            "must be a valid timestamp: nanos in 0..1000000000, seconds within the i64 millisecond range",
+        ),
         Some(t) if t > now.saturating_add(MAX_FUTURE_MS) => c.violation(
             "occurred_at",
             format!(
@@ -626,6 +636,7 @@ fn report_tx(conn: &Connection, x: &ReportCtx) -> TxResult<Recorded> {
         report_index: None,
         refund_minor: None,
         refunded_total_minor: None,
+        payable_at_ms: None,
         released_by: None,
         note: None,
         postings: if held {
@@ -797,6 +808,7 @@ struct UpdateCtx {
     target: Status,
     now: i64,
     salt: String,
+    settings: Arc<Settings>,
 }
 
 fn update_tx(conn: &Connection, x: &UpdateCtx) -> TxResult<Recorded> {
@@ -873,6 +885,10 @@ fn update_tx(conn: &Connection, x: &UpdateCtx) -> TxResult<Recorded> {
         }
     };
     rec.status = next.as_str().to_owned();
+    let payable_at_ms = match (current, next) {
+        (Status::Pending, Status::Confirmed) => Some(payable_at(conn, &rec, x)?),
+        _ => None,
+    };
     let new_basis = basis(next, &rec);
     let postings = if rec.held {
         // Nothing was posted yet; the release posts what is left then.
@@ -902,6 +918,7 @@ fn update_tx(conn: &Connection, x: &UpdateCtx) -> TxResult<Recorded> {
         report_index: Some(rec.report_index),
         refund_minor: refund,
         refunded_total_minor: Some(rec.refunded_minor),
+        payable_at_ms,
         released_by: None,
         note: None,
         postings,
@@ -920,6 +937,45 @@ fn update_tx(conn: &Connection, x: &UpdateCtx) -> TxResult<Recorded> {
         bytes,
         x.now,
     )
+}
+
+/// Lock period used for a touch whose agreement is no longer configured:
+/// the settings' default, so a removed agreement never pays early.
+const UNKNOWN_AGREEMENT_LOCK_DAYS: u32 = 14;
+
+/// `payable_at_ms` of a `confirmed` entry recorded now: the longest
+/// `lock_period_days` among the report's touches' agreements after `x.now`.
+/// The agreements are read from the report entry itself (the record keeps
+/// only the payouts), so this is exactly what a verifier sees.
+fn payable_at(conn: &Connection, rec: &ConversionRecord, x: &UpdateCtx) -> Result<i64, StoreError> {
+    let report = ledger::entry(conn, rec.report_index)?.ok_or_else(|| {
+        StoreError::Corrupt(format!("report entry {} is missing", rec.report_index))
+    })?;
+    let parsed: serde_json::Value = serde_json::from_slice(&report.bytes).map_err(|e| {
+        StoreError::Corrupt(format!(
+            "report entry {} is not JSON: {e}",
+            rec.report_index
+        ))
+    })?;
+    let touches = parsed
+        .pointer("/attribution/touches")
+        .and_then(serde_json::Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let days = touches
+        .iter()
+        .filter_map(|t| t.get("agreement_id").and_then(serde_json::Value::as_str))
+        .map(|id| {
+            x.settings
+                .agreements
+                .iter()
+                .find(|a| a.id == id)
+                .map_or(UNKNOWN_AGREEMENT_LOCK_DAYS, |a| a.lock_period_days)
+        })
+        .max()
+        .unwrap_or(0);
+    Ok(x.now
+        .saturating_add(i64::from(days).saturating_mul(86_400_000)))
 }
 
 // === release ===
@@ -978,6 +1034,7 @@ fn release_tx(conn: &Connection, x: &ReleaseCtx) -> TxResult<Recorded> {
         report_index: Some(rec.report_index),
         refund_minor: None,
         refunded_total_minor: Some(rec.refunded_minor),
+        payable_at_ms: None,
         released_by: Some(&x.by),
         note: (!x.note.is_empty()).then_some(x.note.as_str()),
         postings: entry::postings(&rec.reporter, &rec.currency, &left, 1),

@@ -5,6 +5,7 @@
 
 pub mod demo;
 pub mod edge;
+pub mod oversize;
 pub mod reload;
 pub mod server;
 pub mod telemetry;

@@ -3,6 +3,7 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use crossflow_api::clock::{Clock, SharedClock, SystemClock};
 use crossflow_conversions::Conversions;
 use crossflow_identity::KeyRing;
 use crossflow_ledger::{Integrator, Ledger, LedgerError, NoteError, Signer};
@@ -17,7 +18,7 @@ use crossflow_quota::{
     QuotaLayer, Quotas,
     grpc::{QuotaApi, ReloadStatus},
 };
-use crossflow_referrals::{Referrals, SystemClock};
+use crossflow_referrals::Referrals;
 use crossflow_settings::{Settings, SettingsHandle};
 use crossflow_store::Sqlite;
 use crossflow_tags::Tags;
@@ -25,7 +26,9 @@ use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
-use crate::{edge::IdentityLayer, reload::Reloader, telemetry::RpcTelemetryLayer};
+use crate::{
+    edge::IdentityLayer, oversize::OversizeLayer, reload::Reloader, telemetry::RpcTelemetryLayer,
+};
 
 /// How often daily quota counters are written behind (a crash loses at most
 /// this much counting).
@@ -162,6 +165,17 @@ pub async fn start(
     settings: Settings,
     listen_override: Option<SocketAddr>,
 ) -> Result<Running, ServeError> {
+    start_with_clock(settings, listen_override, Arc::new(SystemClock)).await
+}
+
+/// [`start`] with the wall clock every service (and the ledger's checkpoint
+/// signer) reads; the demo passes an [`crossflow_api::clock::OffsetClock`]
+/// to live through a month-end.
+pub async fn start_with_clock(
+    settings: Settings,
+    listen_override: Option<SocketAddr>,
+    clock: Arc<dyn Clock>,
+) -> Result<Running, ServeError> {
     let g = settings.gateway.clone();
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(read(&g.tls.cert)?, read(&g.tls.key)?))
@@ -182,24 +196,14 @@ pub async fn start(
     let quotas = Arc::new(Quotas::new(handle.clone()));
     quotas.restore(&store).await?;
 
-    let referrals = Referrals::new(
-        store.clone(),
-        keys.clone(),
-        handle.clone(),
-        Arc::new(SystemClock),
-    )
-    .with_guard(quotas.clone());
-    let tags = Tags::new(
-        store.clone(),
-        keys.clone(),
-        handle.clone(),
-        Arc::new(SystemClock),
-    );
+    let referrals = Referrals::new(store.clone(), keys.clone(), handle.clone(), clock.clone())
+        .with_guard(quotas.clone());
+    let tags = Tags::new(store.clone(), keys.clone(), handle.clone(), clock.clone());
     let conversions = Conversions::new(
         store.db().clone(),
         keys.clone(),
         handle.clone(),
-        Arc::new(SystemClock),
+        clock.clone(),
     );
 
     // Storage never holds the key: the integrator gets a signer.
@@ -207,10 +211,11 @@ pub async fn start(
         .map_err(|_| NoteError::MalformedPrivateKey("ledger-ed25519.pk8 is not Ed25519 PKCS#8 v2"))
         .and_then(|pair| Signer::new(keys.ledger_key_name(), pair))
         .map_err(LedgerError::from)?;
-    let integrator = Integrator::open(
+    let integrator = Integrator::open_with_clock(
         store.clone(),
         signer,
         crossflow_ledger::origin(&handle.get().gateway.federation),
+        SharedClock(clock.clone()),
     )
     .await?;
     let interval = {
@@ -288,6 +293,8 @@ pub async fn start(
         .layer(RpcTelemetryLayer::new())
         .layer(IdentityLayer::new(handle.clone()))
         .layer(QuotaLayer::new(quotas.clone()))
+        // Innermost, so telemetry records the rewritten code.
+        .layer(OversizeLayer)
         .add_service(health)
         .add_service(reflection)
         .add_service(QuotaServiceServer::new(QuotaApi::new(

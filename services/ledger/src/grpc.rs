@@ -1,5 +1,6 @@
 //! The gRPC adapter of `crossflow.v1.LedgerService`.
 
+use crossflow_api::{Problem, check::Checks};
 use crossflow_proto::v1::{self as pb, get_receipt_request, ledger_service_server::LedgerService};
 use crossflow_store::ledger::{Entry, LedgerStore};
 use tonic::{Request, Response, Status};
@@ -17,6 +18,8 @@ fn parse_page_token(token: &str) -> Result<u64, LedgerError> {
         .strip_prefix('i')
         .and_then(|n| n.parse::<u64>().ok())
         .filter(|n| i64::try_from(*n).is_ok())
+        // Only the exact spelling page_token() writes ("i+5", "i05" parse).
+        .filter(|n| page_token(*n) == token)
         .ok_or_else(|| LedgerError::InvalidField {
             field: "page_token",
             message: "is not a next_page_token this service issued".into(),
@@ -64,6 +67,15 @@ impl<S: LedgerStore + Clone> LedgerService for Ledger<S> {
         let index = match &req.get_ref().entry {
             Some(get_receipt_request::Entry::Index(i)) => *i,
             Some(get_receipt_request::Entry::OrderId(o)) => {
+                // ReportConversion's rule: an id no order can have is a bad
+                // field, not an unknown order.
+                let mut c = Checks::new();
+                if o.is_empty() {
+                    c.violation("order_id", "must not be empty");
+                } else {
+                    c.request_id("order_id", o);
+                }
+                c.finish().map_err(Problem::into_status)?;
                 self.resolve(&caller, o).await.map_err(status)?
             }
             None => {

@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use crossflow_api::{Caller, Kind, Problem};
+use crossflow_api::{Caller, Kind, Problem, check::Checks};
 use crossflow_proto::v1::{self as pb, quota_service_server::QuotaService};
 use tonic::{Request, Response, Status};
 
@@ -95,6 +95,11 @@ impl QuotaService for QuotaApi {
     ) -> Result<Response<pb::GetQuotaStatusResponse>, Status> {
         let caller = crossflow_api::caller(&req)?;
         let asked = req.into_inner().partner;
+        if !asked.is_empty() {
+            let mut c = Checks::new();
+            c.slug("partner", &asked);
+            c.finish().map_err(Problem::into_status)?;
+        }
         let (partner, operator) = match &caller {
             Caller::Partner(p) if asked.is_empty() || asked == *p => (p.clone(), false),
             Caller::Partner(_) => {
@@ -111,6 +116,17 @@ impl QuotaService for QuotaApi {
                     "partner",
                     "an operator must name the partner to report on",
                 )
+                .into_status());
+            }
+            // Without this an operator's typo reads as a partner without
+            // quotas.
+            Caller::Operator(_) if !self.quotas.knows(&asked) => {
+                return Err(Problem::field(
+                    "UNKNOWN_PARTNER",
+                    "partner",
+                    format!("partner: no configured partner {asked:?}"),
+                )
+                .with("partner", asked)
                 .into_status());
             }
             Caller::Operator(_) => (asked, true),

@@ -364,6 +364,11 @@ impl Quotas {
     }
 
     /// Where `partner` stands against every quota that applies to it.
+    /// Whether `partner` is a configured partner (enabled or not).
+    pub fn knows(&self, partner: &str) -> bool {
+        self.settings.get().partner(partner).is_some()
+    }
+
     pub fn report(&self, partner: &str) -> Report {
         self.report_at(partner, Instant::now(), crossflow_api::clock::now_ms())
     }
