@@ -189,6 +189,8 @@ async fn november(bed: &Testbed, addr: SocketAddr, clock: &OffsetClock) -> Resul
     let beauty_sales = ConversionServiceClient::new(bed.channel(addr, BEAUTY).await?);
     let homedecor_sales = ConversionServiceClient::new(bed.channel(addr, HOMEDECOR).await?);
     for i in 0..10 {
+        // Well under the referral rate the quota section left (50/s).
+        tokio::time::sleep(Duration::from_millis(60)).await;
         let token = homedecor
             .create_referral(create(
                 &format!("hd-nov-{i}"),

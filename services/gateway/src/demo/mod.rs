@@ -311,9 +311,9 @@ pub async fn run(keep: Option<&Path>) -> Result<String, DemoError> {
     conversions::run(&bed, gw.addr, clock.as_ref(), &mut report).await?;
     // Before the quota section, which exhausts the partners' quotas.
     tags::run(&bed, gw.addr, &mut report).await?;
-    // Before quotas too: November's trading makes referrals.
-    finance::run(&bed, &gw, &clock, keep, &mut report).await?;
     quotas::run(&bed, gw.addr, &mut report).await?;
+    // Last: finance closes the months, exports, verifies and settles.
+    finance::run(&bed, &gw, &clock, keep, &mut report).await?;
     gw.shutdown().await?;
     if let Some(dir) = keep {
         let _ = writeln!(
