@@ -44,7 +44,7 @@ use std::{
 };
 
 pub use crossflow_api::clock::OffsetClock;
-use crossflow_api::clock::{Clock, SystemClock};
+use crossflow_api::clock::{Clock, SharedClock};
 pub use crossflow_gateway::testbed::TestbedError;
 use crossflow_gateway::{
     server::{self, Running},
@@ -365,24 +365,14 @@ pub struct Builder {
     operators: Vec<String>,
     body: Option<String>,
     dir: Option<PathBuf>,
-    clock: Option<ServiceClock>,
-}
-
-/// The clock a test gateway runs on (a newtype: `dyn Clock` is not `Debug`).
-#[derive(Clone)]
-struct ServiceClock(Arc<dyn Clock>);
-
-impl std::fmt::Debug for ServiceClock {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ServiceClock(now_ms = {})", self.0.now_ms())
-    }
+    clock: Option<SharedClock>,
 }
 
 impl Builder {
     /// The wall clock the gateway's services read (the system clock if never
     /// called); an [`OffsetClock`] lets a test live through a month-end.
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Builder {
-        self.clock = Some(ServiceClock(clock));
+        self.clock = Some(SharedClock(clock));
         self
     }
 
@@ -440,7 +430,7 @@ impl Builder {
         let bed = self.layout();
         let mut gw = TestGateway {
             bed,
-            clock: clock.unwrap_or_else(|| ServiceClock(Arc::new(SystemClock))),
+            clock: clock.unwrap_or_default(),
             running: None,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         };
@@ -458,7 +448,7 @@ impl Builder {
 #[derive(Debug)]
 pub struct TestGateway {
     bed: Testbed,
-    clock: ServiceClock,
+    clock: SharedClock,
     running: Option<Running>,
     addr: SocketAddr,
 }
@@ -520,11 +510,7 @@ impl TestGateway {
     /// `KeyRing::rotate` on the key dir; the running gateway sees the new
     /// keys only after [`TestGateway::restart`].
     pub fn rotate_keys(&self) -> crossflow_identity::RotationReport {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as i64;
-        KeyRing::rotate(&self.key_dir(), now).unwrap()
+        KeyRing::rotate(&self.key_dir(), now_ms()).unwrap()
     }
 
     async fn start_again(&mut self) {
@@ -542,6 +528,22 @@ impl TestGateway {
 }
 
 // === the real binary ===
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970");
+    i64::try_from(since.as_millis()).expect("ms fit in i64")
+}
+
+/// `ms` since the Unix epoch as a protobuf timestamp (before 1970 too).
+pub fn timestamp(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).expect("below 1e9"),
+    }
+}
 
 /// The workspace root.
 pub fn workspace_dir() -> PathBuf {

@@ -9,8 +9,6 @@
 //! sealed with another gateway's keys.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::SystemTime;
-
 use crossflow_identity::{KeyRing, ReferralClaims, ReferralId};
 use crossflow_proto::v1::{
     ConversionStatus, GetConversionRequest, GetQuotaStatusRequest, GetReceiptRequest,
@@ -21,8 +19,8 @@ use crossflow_proto::v1::{
     tag_service_client::TagServiceClient,
 };
 use crossflow_tests::{
-    ALPHA, BETA, GAMMA, TestGateway, assert_refused, create_req, default_body, get_req, redeem_req,
-    refusal,
+    ALPHA, BETA, GAMMA, TestGateway, assert_refused, create_req, default_body, get_req, now_ms,
+    redeem_req, refusal, timestamp,
 };
 use tonic::{Code, transport::Channel};
 
@@ -39,19 +37,8 @@ async fn gateway() -> TestGateway {
         .await
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
 fn now() -> prost_types::Timestamp {
-    let ms = now_ms();
-    prost_types::Timestamp {
-        seconds: ms / 1000,
-        nanos: ((ms % 1000) * 1_000_000) as i32,
-    }
+    timestamp(now_ms())
 }
 
 fn by_index(index: u64) -> GetReceiptRequest {

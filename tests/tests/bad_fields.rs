@@ -12,8 +12,6 @@
 //! --nocapture` prints how many rows each table has.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::SystemTime;
-
 use crossflow_proto::v1::{
     ConversionStatus, CreateReferralRequest, GetConsistencyProofRequest, GetConversionRequest,
     GetQuotaStatusRequest, GetReceiptRequest, GetReferralRequest, GetReferredUserTagsRequest,
@@ -23,7 +21,9 @@ use crossflow_proto::v1::{
     ledger_service_client::LedgerServiceClient, quota_service_client::QuotaServiceClient,
     referral_service_client::ReferralServiceClient, tag_service_client::TagServiceClient,
 };
-use crossflow_tests::{ALPHA, BETA, Refusal, TestGateway, create_req, redeem_req};
+use crossflow_tests::{
+    ALPHA, BETA, Refusal, TestGateway, create_req, now_ms, redeem_req, timestamp as ts,
+};
 use tonic::{Code, Status};
 
 const OPS: &str = "ops";
@@ -224,20 +224,6 @@ fn refusal_mismatch(s: &Status, code: Code, reason: &str, fields: &[&str]) -> Op
 
 fn long(n: usize) -> String {
     "x".repeat(n)
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-fn ts(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    }
 }
 
 fn ts_raw(seconds: i64, nanos: i32) -> Option<prost_types::Timestamp> {

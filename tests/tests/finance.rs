@@ -24,7 +24,9 @@ use crossflow_proto::v1::{
     ReportConversionRequest, UpdateConversionRequest,
     conversion_service_client::ConversionServiceClient, ledger_service_client::LedgerServiceClient,
 };
-use crossflow_tests::{ALPHA, BETA, GAMMA, TestGateway, create_req, redeem_req, run_cli};
+use crossflow_tests::{
+    ALPHA, BETA, GAMMA, TestGateway, create_req, redeem_req, run_cli, workspace_dir,
+};
 use tonic::transport::Channel;
 
 const OPERATOR: &str = "ops";
@@ -227,7 +229,7 @@ fn tampered(
 fn export_root() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+        .unwrap_or_else(|| workspace_dir().join("target"))
         .join("finance-export")
 }
 

@@ -17,11 +17,11 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{SystemTime, UNIX_EPOCH},
 };
 
 use crossflow_proto::v1::{
-    CreateReferralRequest, RedeemReferralRequest, ReportConversionRequest,
+    RedeemReferralRequest, ReportConversionRequest,
     conversion_service_client::ConversionServiceClient,
     referral_service_client::ReferralServiceClient,
 };
@@ -29,22 +29,15 @@ use tonic::transport::Channel;
 
 use crate::{
     BoxError,
-    load::{self, Call, Plan, Scenario, Stop},
-    scenario::{Built, DESTINATION, Env, ORIGIN},
+    load::{Call, Scenario},
+    scenario::{self, Built, DESTINATION, Env, ORIGIN, pick},
 };
 
 /// Buyers the reports go round-robin over (one landing each).
 const BUYERS: u64 = 1_000;
-/// Where the benchmark's viewers are sent.
-const TARGET: &str = "room/nursery-makeover";
 
 /// Distinguishes the subjects and order ids of each build (one per round).
 static BUILDS: AtomicU64 = AtomicU64::new(0);
-
-fn pick<T: Clone>(v: &[T], lane: usize) -> T {
-    // `Env::channels` never returns an empty vector.
-    v[lane % v.len()].clone()
-}
 
 fn buyer(build: u64, i: u64) -> String {
     format!("bench-buyer-{build}-{i:06}")
@@ -70,13 +63,7 @@ impl Scenario for Land {
         let landed = self.landed.clone();
         Some(Box::pin(async move {
             let token = o
-                .create_referral(CreateReferralRequest {
-                    subject,
-                    to_partner: DESTINATION.to_owned(),
-                    target: TARGET.to_owned(),
-                    parent_referral_id: String::new(),
-                    request_id: String::new(),
-                })
+                .create_referral(scenario::referral_to_destination(subject))
                 .await?
                 .into_inner()
                 .token;
@@ -153,18 +140,13 @@ pub fn build(env: &Env) -> Pin<Box<dyn Future<Output = Result<Built, BoxError>> 
             landed: Arc::default(),
         });
         let started = std::time::Instant::now();
-        let prepared = load::drive(
+        scenario::prepare(
+            env,
             land.clone(),
-            Plan {
-                warmup: Duration::ZERO,
-                stop: Stop::Requests(BUYERS),
-                concurrency: env.plan.concurrency,
-            },
+            BUYERS,
+            "preparing buyers for ReportConversion",
         )
         .await?;
-        if let Some(e) = prepared.first_error {
-            return Err(format!("preparing buyers for ReportConversion failed: {e}").into());
-        }
         let landed = land.landed.load(Ordering::Relaxed);
         if landed != BUYERS {
             return Err(format!("only {landed} of {BUYERS} buyers landed").into());

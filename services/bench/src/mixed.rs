@@ -145,25 +145,23 @@ fn tags() -> Vec<Tag> {
         .collect()
 }
 
-/// An order placed now (the timestamp type is filled in place, so this
-/// crate needs no prost-types dependency of its own).
+/// An order placed now (whole seconds).
 fn order(order_id: String, subject: String, amount_minor: i64) -> ReportConversionRequest {
-    let mut req = ReportConversionRequest {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    ReportConversionRequest {
         order_id,
         subject,
         amount_minor,
         currency: "CNY".to_owned(),
         category: "furniture".to_owned(),
-        occurred_at: Some(Default::default()),
+        occurred_at: Some(prost_types::Timestamp {
+            seconds: i64::try_from(secs).unwrap_or(i64::MAX),
+            nanos: 0,
+        }),
         referral_id: String::new(),
-    };
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    if let Some(ts) = req.occurred_at.as_mut() {
-        ts.seconds = i64::try_from(secs).unwrap_or(i64::MAX);
     }
-    req
 }
 
 /// SplitMix64 of the sequence number: which RPC a request is.
@@ -620,20 +618,11 @@ pub fn run(o: &Options, client_rt: &Runtime, server_rt: &Runtime) -> Result<(), 
     Ok(())
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
-fn pct(v: &mut [u32], p: f64) -> f64 {
+/// Percentile `p` of `v` (sorted, microseconds), in milliseconds.
+fn pct(v: &[u32], p: f64) -> f64 {
     if v.is_empty() {
         return 0.0;
     }
-    v.sort_unstable();
     let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
     f64::from(v[rank.clamp(1, v.len()) - 1]) / 1000.0
 }
@@ -658,7 +647,7 @@ fn table(rounds: &[Round], shares: &[Vec<(u64, u64, Vec<u32>)>]) {
         );
     }
     if rounds.len() > 1 {
-        let m = |f: &dyn Fn(&Round) -> f64| median(rounds.iter().map(f).collect());
+        let m = |f: &dyn Fn(&Round) -> f64| report::median(rounds.iter().map(f).collect());
         println!(
             "{:<7} {:>10.0} {:>10.0} {:>8.1}% {:>8.2} {:>8.2} {:>9.2} {:>7}",
             "median",
@@ -680,6 +669,7 @@ fn table(rounds: &[Round], shares: &[Vec<(u64, u64, Vec<u32>)>]) {
     let total: u64 = shares.iter().flatten().map(|s| s.0 + s.1).sum();
     for (i, (name, _)) in MIX.iter().enumerate() {
         let mut lat: Vec<u32> = shares.iter().flat_map(|r| r[i].2.iter().copied()).collect();
+        lat.sort_unstable();
         let ok: u64 = shares.iter().map(|r| r[i].0).sum();
         let errors: u64 = shares.iter().map(|r| r[i].1).sum();
         println!(
@@ -688,9 +678,9 @@ fn table(rounds: &[Round], shares: &[Vec<(u64, u64, Vec<u32>)>]) {
             ok,
             (ok + errors) as f64 * 100.0 / total.max(1) as f64,
             errors,
-            pct(&mut lat, 50.0),
-            pct(&mut lat, 99.0),
-            pct(&mut lat, 99.9)
+            pct(&lat, 50.0),
+            pct(&lat, 99.0),
+            pct(&lat, 99.9)
         );
     }
     for (i, r) in rounds.iter().enumerate() {

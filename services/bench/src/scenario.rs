@@ -176,15 +176,44 @@ impl Env {
     }
 }
 
-fn pick<T: Clone>(v: &[T], lane: usize) -> T {
+pub fn pick<T: Clone>(v: &[T], lane: usize) -> T {
     // `channels` never returns an empty vector.
     v[lane % v.len()].clone()
 }
 
+/// Untimed preparation: drives `requests` requests of `scenario` and fails
+/// with the first error, prefixed by `what`.
+pub async fn prepare(
+    env: &Env,
+    scenario: Arc<dyn Scenario>,
+    requests: u64,
+    what: &str,
+) -> Result<(), BoxError> {
+    let out = load::drive(
+        scenario,
+        Plan {
+            warmup: Duration::ZERO,
+            stop: Stop::Requests(requests),
+            concurrency: env.plan.concurrency,
+        },
+    )
+    .await?;
+    match out.first_error {
+        Some(e) => Err(format!("{what} failed: {e}").into()),
+        None => Ok(()),
+    }
+}
+
 /// A CreateReferral request for viewer number `seq`.
 pub fn create_request(seq: u64) -> CreateReferralRequest {
+    referral_to_destination(format!("bench-viewer-{seq:08}"))
+}
+
+/// A CreateReferral request sending `subject` from [`ORIGIN`] to
+/// [`DESTINATION`]'s benchmark target.
+pub fn referral_to_destination(subject: String) -> CreateReferralRequest {
     CreateReferralRequest {
-        subject: format!("bench-viewer-{seq:08}"),
+        subject,
         to_partner: DESTINATION.to_owned(),
         target: TARGET.to_owned(),
         parent_referral_id: String::new(),

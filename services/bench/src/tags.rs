@@ -14,33 +14,25 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
 };
 
 use crossflow_proto::v1::{
-    CreateReferralRequest, GetReferredUserTagsRequest, PublishTagsRequest, RedeemReferralRequest,
-    Tag, referral_service_client::ReferralServiceClient, tag_service_client::TagServiceClient,
+    GetReferredUserTagsRequest, PublishTagsRequest, RedeemReferralRequest, Tag,
+    referral_service_client::ReferralServiceClient, tag_service_client::TagServiceClient,
 };
 use tonic::transport::Channel;
 
 use crate::{
     BoxError,
-    load::{self, Call, Plan, Scenario, Stop},
-    scenario::{Built, DESTINATION, Env, ORIGIN},
+    load::{Call, Scenario},
+    scenario::{self, Built, DESTINATION, Env, ORIGIN, pick},
 };
 
 /// Referred users the reads go round-robin over.
 const USERS: u64 = 1_000;
-/// Where the benchmark's viewers are sent.
-const TARGET: &str = "room/nursery-makeover";
 
 /// Distinguishes the subjects of each build (one per round).
 static BUILDS: AtomicU64 = AtomicU64::new(0);
-
-fn pick<T: Clone>(v: &[T], lane: usize) -> T {
-    // `Env::channels` never returns an empty vector.
-    v[lane % v.len()].clone()
-}
 
 /// The tags published for every user: two in the flow's scope
 /// (`iab-audience`, `life-stage`) and one outside it (`budget-band`).
@@ -87,13 +79,7 @@ impl Scenario for Prepare {
             })
             .await?;
             let created = o
-                .create_referral(CreateReferralRequest {
-                    subject,
-                    to_partner: DESTINATION.to_owned(),
-                    target: TARGET.to_owned(),
-                    parent_referral_id: String::new(),
-                    request_id: String::new(),
-                })
+                .create_referral(scenario::referral_to_destination(subject))
                 .await?
                 .into_inner();
             d.redeem_referral(RedeemReferralRequest {
@@ -157,20 +143,13 @@ pub fn build(env: &Env) -> Pin<Box<dyn Future<Output = Result<Built, BoxError>> 
             referrals: Arc::default(),
         });
         let started = std::time::Instant::now();
-        let prepared = load::drive(
+        scenario::prepare(
+            env,
             prepare.clone(),
-            Plan {
-                warmup: Duration::ZERO,
-                stop: Stop::Requests(USERS),
-                concurrency: env.plan.concurrency,
-            },
+            USERS,
+            "preparing referred users for GetReferredUserTags",
         )
         .await?;
-        if let Some(e) = prepared.first_error {
-            return Err(
-                format!("preparing referred users for GetReferredUserTags failed: {e}").into(),
-            );
-        }
         let referrals = std::mem::take(
             &mut *prepare
                 .referrals

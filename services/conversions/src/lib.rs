@@ -37,7 +37,9 @@ pub const MAX_ORDER_ID_BYTES: usize = 128;
 /// How far ahead of the gateway's clock an order may be placed (clock skew).
 pub const MAX_FUTURE_MS: i64 = 5 * 60 * 1000;
 /// How old an order may be when first reported.
-pub const MAX_AGE_MS: i64 = 90 * 86_400 * 1000;
+pub const MAX_AGE_MS: i64 = 90 * DAY_MS;
+/// One day, in ms.
+const DAY_MS: i64 = 86_400_000;
 /// Longest release note, in bytes.
 pub const MAX_NOTE_BYTES: usize = 256;
 /// `ReportRequest::occurred_at_ms` for a wire timestamp that is no instant
@@ -465,7 +467,7 @@ fn check_report(req: &ReportRequest, now: i64) -> Result<Checked, ConversionErro
         ),
         Some(t) if t < now.saturating_sub(MAX_AGE_MS) => c.violation(
             "occurred_at",
-            format!("must be within the last {} days", MAX_AGE_MS / 86_400_000),
+            format!("must be within the last {} days", MAX_AGE_MS / DAY_MS),
         ),
         Some(_) => {}
     }
@@ -941,7 +943,7 @@ fn update_tx(conn: &Connection, x: &UpdateCtx) -> TxResult<Recorded> {
 
 /// Lock period used for a touch whose agreement is no longer configured:
 /// the settings' default, so a removed agreement never pays early.
-const UNKNOWN_AGREEMENT_LOCK_DAYS: u32 = 14;
+const UNKNOWN_AGREEMENT_LOCK_DAYS: u32 = crossflow_settings::raw::DEFAULT_LOCK_PERIOD_DAYS;
 
 /// `payable_at_ms` of a `confirmed` entry recorded now: the longest
 /// `lock_period_days` among the report's touches' agreements after `x.now`.
@@ -974,8 +976,7 @@ fn payable_at(conn: &Connection, rec: &ConversionRecord, x: &UpdateCtx) -> Resul
         })
         .max()
         .unwrap_or(0);
-    Ok(x.now
-        .saturating_add(i64::from(days).saturating_mul(86_400_000)))
+    Ok(x.now.saturating_add(i64::from(days).saturating_mul(DAY_MS)))
 }
 
 // === release ===

@@ -108,20 +108,7 @@ impl IdentityLayer {
             .extensions()
             .get::<TlsConnectInfo<TcpConnectInfo>>()
             .and_then(|i| i.peer_certs())
-            .ok_or_else(|| {
-                Problem::new(
-                    Kind::Unauthenticated,
-                    "NO_CLIENT_CERT",
-                    "no client certificate was presented",
-                )
-            })?;
-        if certs.is_empty() {
-            return Err(Problem::new(
-                Kind::Unauthenticated,
-                "NO_CLIENT_CERT",
-                "no client certificate was presented",
-            ));
-        }
+            .ok_or_else(no_client_cert)?;
         let settings = self.settings.get();
         let principal = self.principal(certs, &settings.gateway.federation)?;
         let caller = match principal {
@@ -155,7 +142,8 @@ impl IdentityLayer {
         Ok(caller)
     }
 
-    /// The principal of a connection's chain (non-empty: checked above).
+    /// The principal of a connection's chain; an empty chain is
+    /// `NO_CLIENT_CERT` (never cached, so found only here).
     fn principal(&self, chain: Chain, federation: &str) -> Result<Principal, Problem> {
         let key = Arc::as_ptr(&chain) as usize;
         if let Some(p) = self
@@ -166,13 +154,7 @@ impl IdentityLayer {
         {
             return Ok(p);
         }
-        let leaf = chain.first().ok_or_else(|| {
-            Problem::new(
-                Kind::Unauthenticated,
-                "NO_CLIENT_CERT",
-                "no client certificate was presented",
-            )
-        })?;
+        let leaf = chain.first().ok_or_else(no_client_cert)?;
         let p = principal_from_cert(leaf.as_ref(), federation)
             .map_err(|e| Problem::new(Kind::PermissionDenied, "BAD_IDENTITY", e.to_string()))?;
         if let Ok(mut c) = self.cache.lock() {
@@ -183,4 +165,13 @@ impl IdentityLayer {
         }
         Ok(p)
     }
+}
+
+/// A TLS connection without a client certificate.
+fn no_client_cert() -> Problem {
+    Problem::new(
+        Kind::Unauthenticated,
+        "NO_CLIENT_CERT",
+        "no client certificate was presented",
+    )
 }

@@ -96,6 +96,28 @@ pub fn verify_receipt_files(
     ))
 }
 
+/// The store's database file in `data_dir`, which must exist (the commands
+/// below never create a store).
+fn db_path(data_dir: &Path) -> Result<std::path::PathBuf, String> {
+    let path = data_dir.join(DB_FILE);
+    if !path.exists() {
+        return Err(format!("{} does not exist", path.display()));
+    }
+    Ok(path)
+}
+
+/// A read-only connection to the store in `data_dir`, inside one read
+/// transaction: a consistent snapshot while the gateway writes (it never
+/// takes the writer's lock).
+fn open_snapshot(data_dir: &Path) -> Result<Connection, String> {
+    let path = db_path(data_dir)?;
+    let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| format!("opening {}: {e}", path.display()))?;
+    conn.execute_batch("PRAGMA busy_timeout=5000; BEGIN")
+        .map_err(|e| e.to_string())?;
+    Ok(conn)
+}
+
 /// Runs fsck read-only on the store in `data_dir` (safe beside a running
 /// gateway: it never takes the writer's lock).
 pub fn fsck_data_dir(
@@ -103,15 +125,7 @@ pub fn fsck_data_dir(
     verifier: Option<&Verifier>,
     origin: Option<&str>,
 ) -> Result<Report, String> {
-    let path = data_dir.join(DB_FILE);
-    if !path.exists() {
-        return Err(format!("{} does not exist", path.display()));
-    }
-    let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|e| format!("opening {}: {e}", path.display()))?;
-    // One read transaction: a consistent snapshot while the gateway writes.
-    conn.execute_batch("PRAGMA busy_timeout=5000; BEGIN")
-        .map_err(|e| e.to_string())?;
+    let conn = open_snapshot(data_dir)?;
     fsck(&conn, verifier, origin).map_err(|e| e.to_string())
 }
 
@@ -145,10 +159,7 @@ pub fn close_data_dir(
     tz: &str,
     now_ms: i64,
 ) -> Result<String, String> {
-    let path = data_dir.join(DB_FILE);
-    if !path.exists() {
-        return Err(format!("{} does not exist", path.display()));
-    }
+    let path = db_path(data_dir)?;
     // With the gateway stopped, opening the store applies any migration this
     // binary has and the data directory lacks (the periods table); while it
     // serves, the running gateway has applied them.
@@ -173,14 +184,7 @@ pub fn export_data_dir(
     partner: Option<&str>,
     out: &Path,
 ) -> Result<crate::export::ExportSummary, String> {
-    let path = data_dir.join(DB_FILE);
-    if !path.exists() {
-        return Err(format!("{} does not exist", path.display()));
-    }
-    let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|e| format!("opening {}: {e}", path.display()))?;
-    conn.execute_batch("PRAGMA busy_timeout=5000; BEGIN")
-        .map_err(|e| e.to_string())?;
+    let conn = open_snapshot(data_dir)?;
     let view = match partner {
         None => crate::export::View::Federation,
         Some(p) => crate::export::View::Partner(p.to_owned()),

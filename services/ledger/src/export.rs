@@ -301,9 +301,7 @@ fn io(path: &Path, e: &std::io::Error) -> ExportError {
 /// The checkpoint inside a stored signed note (the store only keeps notes
 /// the log signed, so the signature is not re-checked here).
 fn note_checkpoint(note: &str) -> Result<Checkpoint, ExportError> {
-    let body = note
-        .find("\n\n")
-        .map(|at| &note[..=at])
+    let body = crate::note::unverified_text(note)
         .ok_or_else(|| ExportError::Log("stored checkpoint is not a signed note".into()))?;
     Checkpoint::parse_body(body).map_err(|e| ExportError::Log(e.to_string()))
 }

@@ -18,7 +18,7 @@ use std::{
     collections::{BinaryHeap, VecDeque},
 };
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::{
     merkle::{self, Frontier},
@@ -117,11 +117,7 @@ pub fn fsck(
             report.nodes_checked += 1;
             let got: Option<Vec<u8>> = node
                 .query_row(params![i64::from(level), index as i64], |r| r.get(0))
-                .map(Some)
-                .or_else(|e| match e {
-                    rusqlite::Error::QueryReturnedNoRows => Ok(None),
-                    e => Err(e),
-                })?;
+                .optional()?;
             match got {
                 None => report.problem(format!("node (level {level}, index {index}) is missing")),
                 Some(h) if h[..] != hash[..] => report.problem(format!(
@@ -222,11 +218,7 @@ impl PartyCursors {
                 .query_row(params![self.partners[p], after], |r| {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                 })
-                .map(Some)
-                .or_else(|e| match e {
-                    rusqlite::Error::QueryReturnedNoRows => Ok(None),
-                    e => Err(e),
-                })?;
+                .optional()?;
             let Some((first, last, gaps)) = next else {
                 return Ok(());
             };
@@ -329,8 +321,8 @@ fn check_note(
                 return;
             }
         },
-        None => match c.note.rfind("\n\n") {
-            Some(at) => &c.note[..=at],
+        None => match crate::note::unverified_text(&c.note) {
+            Some(body) => body,
             None => {
                 report.problem(format!("checkpoint of size {}: not a signed note", c.size));
                 return;

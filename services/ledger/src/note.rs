@@ -303,6 +303,13 @@ impl fmt::Display for Verifier {
     }
 }
 
+/// The text of a signed note without checking its signatures (for notes the
+/// log itself stored); `None` if it has no signature block. Splits where
+/// [`verify_note`] does.
+pub(crate) fn unverified_text(note: &str) -> Option<&str> {
+    note.rfind("\n\n").map(|split| &note[..=split])
+}
+
 /// Opens a signed note and returns its text (including the final newline).
 ///
 /// Signatures by keys not in `verifiers` are ignored, as the spec requires, so
@@ -417,7 +424,7 @@ fn parse_key_id(hex: &str) -> Option<[u8; 4]> {
     u32::from_str_radix(hex, 16).ok().map(u32::to_be_bytes)
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

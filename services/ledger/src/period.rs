@@ -228,10 +228,7 @@ fn close_in_tx(
         }
     }
     let previous = newest.as_ref().map_or(0, |n| n.anchor_size);
-    let anchor = ledger::checkpoints(conn)?
-        .into_iter()
-        .filter(|c| c.signed_at_ms < span.end_ms)
-        .max_by_key(|c| c.size);
+    let anchor = ledger::latest_checkpoint_before(conn, span.end_ms)?;
     let anchor_size = match (anchor, &newest) {
         (Some(a), _) => a.size,
         // Nothing signed since the previous close (or ever, with no close

@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 
 use serde::Deserialize;
 
-use crate::merkle::Hash;
+use crate::{merkle::Hash, note::hex};
 
 /// Where a closed period sits, and what a verifier needs to place entries
 /// and instants relative to it (no time zone data beyond the bounds).
@@ -724,13 +724,6 @@ fn csv_line<'a>(out: &mut String, fields: impl Iterator<Item = &'a str>) {
         }
     }
     out.push_str("\r\n");
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }
 
 #[cfg(test)]

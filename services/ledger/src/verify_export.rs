@@ -320,7 +320,7 @@ pub fn verify(dir: &Path, verifier: &Verifier) -> Result<String, VerifyFailure> 
         for ent in &entries {
             if listed
                 .get(&ent.index)
-                .is_some_and(|h| *h != settle::hex(&ent.leaf_hash))
+                .is_some_and(|h| *h != crate::note::hex(&ent.leaf_hash))
             {
                 return fail(
                     ENTRIES,

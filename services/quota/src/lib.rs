@@ -120,7 +120,6 @@ pub struct Report {
     pub quotas: Vec<Standing>,
 }
 
-/// The quota engine. One per gateway; share it with `Arc`.
 /// GCRA state of one partner and class.
 #[derive(Debug, Default, Clone, Copy)]
 struct Gcra {
@@ -149,6 +148,7 @@ impl Gcra {
     }
 }
 
+/// The quota engine. One per gateway; share it with `Arc`.
 #[derive(Debug)]
 pub struct Quotas {
     settings: SettingsHandle,
@@ -363,12 +363,12 @@ impl Quotas {
         Ok(())
     }
 
-    /// Where `partner` stands against every quota that applies to it.
     /// Whether `partner` is a configured partner (enabled or not).
     pub fn knows(&self, partner: &str) -> bool {
         self.settings.get().partner(partner).is_some()
     }
 
+    /// Where `partner` stands against every quota that applies to it.
     pub fn report(&self, partner: &str) -> Report {
         self.report_at(partner, Instant::now(), crossflow_api::clock::now_ms())
     }

@@ -395,6 +395,9 @@ fn default_token_ttl_secs() -> u64 {
 fn default_attribution_window_secs() -> u64 {
     7 * 86_400
 }
+/// `lock_period_days` when an agreement does not set it.
+pub const DEFAULT_LOCK_PERIOD_DAYS: u32 = 14;
+
 fn default_lock_period_days() -> u32 {
-    14
+    DEFAULT_LOCK_PERIOD_DAYS
 }

@@ -677,6 +677,21 @@ pub fn latest_checkpoint(conn: &Connection) -> Result<Option<StoredCheckpoint>, 
     .transpose()
 }
 
+/// The largest checkpoint signed before `before_ms` (a period close's
+/// anchor), read without loading every checkpoint.
+pub fn latest_checkpoint_before(
+    conn: &Connection,
+    before_ms: i64,
+) -> Result<Option<StoredCheckpoint>, StoreError> {
+    conn.prepare_cached(&format!(
+        "SELECT {CHECKPOINT_COLUMNS} FROM ledger_checkpoints
+         WHERE signed_at_ms < ?1 ORDER BY size DESC LIMIT 1"
+    ))?
+    .query_row([before_ms], |r| Ok(checkpoint_row(r)))
+    .optional()?
+    .transpose()
+}
+
 pub fn checkpoint(conn: &Connection, size: u64) -> Result<Option<StoredCheckpoint>, StoreError> {
     let Ok(size) = i64::try_from(size) else {
         return Ok(None);
