@@ -2,45 +2,22 @@
 //! request type, sent by an arbitrary caller to the real service.
 #![no_main]
 
-use crossflow_fuzz::{check, request, services, split};
-use crossflow_proto::v1::{self as pb, conversion_service_server::ConversionService};
+use crossflow_fuzz::{rpc, services, split};
+use crossflow_proto::v1::conversion_service_server::ConversionService as Svc;
 use libfuzzer_sys::fuzz_target;
-use prost::Message;
 
 fuzz_target!(|data: &[u8]| {
     let Some((sel, who, body)) = split(data) else {
         return;
     };
     let s = services();
+    let svc = &s.conversions;
     s.rt.block_on(async {
         match sel % 4 {
-            0 => {
-                if let Ok(m) = pb::ReportConversionRequest::decode(body) {
-                    check(
-                        ConversionService::report_conversion(&s.conversions, request(m, who)).await,
-                    );
-                }
-            }
-            1 => {
-                if let Ok(m) = pb::UpdateConversionRequest::decode(body) {
-                    check(
-                        ConversionService::update_conversion(&s.conversions, request(m, who)).await,
-                    );
-                }
-            }
-            2 => {
-                if let Ok(m) = pb::GetConversionRequest::decode(body) {
-                    check(ConversionService::get_conversion(&s.conversions, request(m, who)).await);
-                }
-            }
-            _ => {
-                if let Ok(m) = pb::ReleaseConversionRequest::decode(body) {
-                    check(
-                        ConversionService::release_conversion(&s.conversions, request(m, who))
-                            .await,
-                    );
-                }
-            }
+            0 => rpc(body, who, |r| Svc::report_conversion(svc, r)).await,
+            1 => rpc(body, who, |r| Svc::update_conversion(svc, r)).await,
+            2 => rpc(body, who, |r| Svc::get_conversion(svc, r)).await,
+            _ => rpc(body, who, |r| Svc::release_conversion(svc, r)).await,
         }
     });
 });

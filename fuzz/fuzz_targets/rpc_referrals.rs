@@ -2,8 +2,8 @@
 //! request type, sent by an arbitrary caller to the real service.
 #![no_main]
 
-use crossflow_fuzz::{check, request, services, split};
-use crossflow_proto::v1::{self as pb, referral_service_server::ReferralService};
+use crossflow_fuzz::{check, request, rpc, services, split};
+use crossflow_proto::v1::{self as pb, referral_service_server::ReferralService as Svc};
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 
@@ -12,23 +12,12 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let s = services();
+    let svc = &s.referrals;
     s.rt.block_on(async {
         match sel % 4 {
-            0 => {
-                if let Ok(m) = pb::CreateReferralRequest::decode(body) {
-                    check(ReferralService::create_referral(&s.referrals, request(m, who)).await);
-                }
-            }
-            1 => {
-                if let Ok(m) = pb::RedeemReferralRequest::decode(body) {
-                    check(ReferralService::redeem_referral(&s.referrals, request(m, who)).await);
-                }
-            }
-            2 => {
-                if let Ok(m) = pb::GetReferralRequest::decode(body) {
-                    check(ReferralService::get_referral(&s.referrals, request(m, who)).await);
-                }
-            }
+            0 => rpc(body, who, |r| Svc::create_referral(svc, r)).await,
+            1 => rpc(body, who, |r| Svc::redeem_referral(svc, r)).await,
+            2 => rpc(body, who, |r| Svc::get_referral(svc, r)).await,
             _ => {
                 // Mint, then redeem the fresh token as its destination: lets
                 // the fuzzer past the AEAD into redemption proper.
@@ -36,15 +25,13 @@ fuzz_target!(|data: &[u8]| {
                     return;
                 };
                 let (to, subject) = (m.to_partner.clone(), m.subject.clone());
-                let Ok(created) =
-                    ReferralService::create_referral(&s.referrals, request(m, who)).await
-                else {
+                let Ok(created) = Svc::create_referral(svc, request(m, who)).await else {
                     return;
                 };
                 let token = created.into_inner().token;
                 let redeem = pb::RedeemReferralRequest { token, subject };
                 let as_to = Some(crossflow_api::Caller::Partner(to));
-                check(ReferralService::redeem_referral(&s.referrals, request(redeem, as_to)).await);
+                check(Svc::redeem_referral(svc, request(redeem, as_to)).await);
             }
         }
     });

@@ -218,6 +218,21 @@ pub fn check<T>(r: Result<T, Status>) {
     }
 }
 
+/// One RPC arm of a target: `body` decoded as the request type of `call`
+/// and, if it decodes, sent by `who`, the answer judged by [`check`]. Bytes
+/// that do not decode are skipped, as the server's codec would refuse them
+/// before any service code runs.
+pub async fn rpc<M, R, F, Fut>(body: &[u8], who: Option<Caller>, call: F)
+where
+    M: prost::Message + Default,
+    F: FnOnce(Request<M>) -> Fut,
+    Fut: Future<Output = Result<R, Status>>,
+{
+    if let Ok(m) = M::decode(body) {
+        check(call(request(m, who)).await);
+    }
+}
+
 /// Splits a fuzz input into a selector byte, a caller byte and the message
 /// bytes.
 pub fn split(data: &[u8]) -> Option<(u8, Option<Caller>, &[u8])> {

@@ -115,6 +115,75 @@ commission = {{ default_bps = 400 }}
     )
 }
 
+/// A federation body built table by table, for suites whose federation is
+/// not [`default_body`]'s. Each `extra` is TOML that goes inside the table
+/// just opened: its keys, then any sub-tables (`[partners.quotas.referrals]`).
+///
+/// ```text
+/// Federation::partners(&[ALPHA, BETA, GAMMA])
+///     .agreement(ALPHA_BETA, ALPHA, BETA, "max_hops = 3")
+///     .flow(ALPHA, BETA, r#"tag_scopes = ["room-style"]"#)
+///     .flow(BETA, ALPHA, "")
+///     .both_ways(BETA_GAMMA, BETA, GAMMA)
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Federation(String);
+
+// === impl Federation ===
+
+impl Federation {
+    /// A `[[partners]]` table holding only the id, for each of `ids`.
+    pub fn partners(ids: &[&str]) -> Federation {
+        ids.iter()
+            .fold(Federation::default(), |f, id| f.partner(id, ""))
+    }
+
+    /// One more `[[partners]]` table.
+    pub fn partner(self, id: &str, extra: &str) -> Federation {
+        self.table("[[partners]]", &format!("id = \"{id}\""), extra)
+    }
+
+    /// An `[[agreements]]` table between `a` and `b`; its flows are the
+    /// [`Federation::flow`]s that follow.
+    pub fn agreement(self, id: &str, a: &str, b: &str, extra: &str) -> Federation {
+        let keys = format!("id = \"{id}\"\nbetween = [\"{a}\", \"{b}\"]");
+        self.table("[[agreements]]", &keys, extra)
+    }
+
+    /// An `[[agreements.flows]]` table of the agreement opened last.
+    pub fn flow(self, from: &str, to: &str, extra: &str) -> Federation {
+        let keys = format!("from = \"{from}\"\nto = \"{to}\"");
+        self.table("[[agreements.flows]]", &keys, extra)
+    }
+
+    /// An agreement between `a` and `b` with a flow each way, no more.
+    pub fn both_ways(self, id: &str, a: &str, b: &str) -> Federation {
+        self.agreement(id, a, b, "").flow(a, b, "").flow(b, a, "")
+    }
+
+    /// Top-level TOML after the federation (`[tags]`, `[ledger]`, ...).
+    pub fn then(mut self, toml: &str) -> Federation {
+        self.0.push('\n');
+        self.0.push_str(toml);
+        self
+    }
+
+    fn table(mut self, header: &str, keys: &str, extra: &str) -> Federation {
+        self.0.push_str(&format!("\n{header}\n{keys}\n"));
+        if !extra.is_empty() {
+            self.0.push_str(extra);
+            self.0.push('\n');
+        }
+        self
+    }
+}
+
+impl From<Federation> for String {
+    fn from(f: Federation) -> String {
+        f.0
+    }
+}
+
 /// The default federation with its agreements' `max_hops` and
 /// `token_ttl_secs` chosen: partners alpha, beta, gamma; agreements
 /// alpha<->beta and beta<->gamma, none between alpha and gamma.

@@ -22,7 +22,8 @@ use crossflow_proto::v1::{
     referral_service_client::ReferralServiceClient, tag_service_client::TagServiceClient,
 };
 use crossflow_tests::{
-    ALPHA, BETA, Refusal, TestGateway, create_req, now_ms, redeem_req, timestamp as ts,
+    ALPHA, ALPHA_BETA, BETA, BETA_GAMMA, Federation, GAMMA, Refusal, TestGateway, create_req,
+    now_ms, redeem_req, timestamp as ts,
 };
 use tonic::{Code, Status};
 
@@ -30,38 +31,22 @@ const OPS: &str = "ops";
 
 /// alpha <-> beta <-> gamma; alpha -> beta may share two tag namespaces;
 /// JPY orders over 100000 are held; checkpoints every 50 ms.
-const BODY: &str = r#"
-[[partners]]
-id = "alpha"
-[[partners]]
-id = "beta"
-[[partners]]
-id = "gamma"
+fn body() -> Federation {
+    Federation::partners(&[ALPHA, BETA, GAMMA])
+        .agreement(ALPHA_BETA, ALPHA, BETA, "max_hops = 3")
+        .flow(
+            ALPHA,
+            BETA,
+            r#"commission = { default_bps = 500 }
+tag_scopes = ["iab-audience", "room-style"]"#,
+        )
+        .flow(BETA, ALPHA, "commission = { default_bps = 400 }")
+        .both_ways(BETA_GAMMA, BETA, GAMMA)
+        .then(REST)
+}
 
-[[agreements]]
-id = "alpha-beta"
-between = ["alpha", "beta"]
-max_hops = 3
-[[agreements.flows]]
-from = "alpha"
-to = "beta"
-commission = { default_bps = 500 }
-tag_scopes = ["iab-audience", "room-style"]
-[[agreements.flows]]
-from = "beta"
-to = "alpha"
-commission = { default_bps = 400 }
-
-[[agreements]]
-id = "beta-gamma"
-between = ["beta", "gamma"]
-[[agreements.flows]]
-from = "beta"
-to = "gamma"
-[[agreements.flows]]
-from = "gamma"
-to = "beta"
-
+/// What [`body`] adds to the federation: limits, checkpoints, tags.
+const REST: &str = r#"
 [fraud]
 max_amount_minor_by_currency = { JPY = 100000 }
 
@@ -254,7 +239,7 @@ struct Fixture {
 async fn setup() -> (TestGateway, Fixture) {
     let gw = TestGateway::builder()
         .operator(OPS)
-        .body(BODY)
+        .body(body())
         .start()
         .await;
     let made = gw

@@ -12,8 +12,8 @@ use crossflow_proto::v1::{
     quota_service_client::QuotaServiceClient,
 };
 use crossflow_tests::{
-    ALPHA, BETA, DEADLINE, FEDERATION, GAMMA, TestGateway, assert_refused, create_req,
-    gateway_section, health_check,
+    ALPHA, ALPHA_BETA, BETA, BETA_GAMMA, DEADLINE, FEDERATION, Federation, GAMMA, TestGateway,
+    assert_refused, create_req, gateway_section, health_check,
 };
 use tonic::{Code, Status, transport::Channel};
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -30,46 +30,16 @@ fn body(
     flow_extra: &str,
     alpha_enabled: bool,
 ) -> String {
-    format!(
-        r#"
-[[partners]]
-id = "alpha"
-enabled = {alpha_enabled}
-{alpha_quotas}
-
-[[partners]]
-id = "beta"
-
-[[partners]]
-id = "gamma"
-
-[[agreements]]
-id = "alpha-beta"
-between = ["alpha", "beta"]
-{agreement_extra}
-
-[[agreements.flows]]
-from = "alpha"
-to = "beta"
-{flow_extra}
-
-[[agreements.flows]]
-from = "beta"
-to = "alpha"
-
-[[agreements]]
-id = "beta-gamma"
-between = ["beta", "gamma"]
-
-[[agreements.flows]]
-from = "beta"
-to = "gamma"
-
-[[agreements.flows]]
-from = "gamma"
-to = "beta"
-"#
-    )
+    let alpha = format!("enabled = {alpha_enabled}\n{alpha_quotas}");
+    Federation::default()
+        .partner(ALPHA, &alpha)
+        .partner(BETA, "")
+        .partner(GAMMA, "")
+        .agreement(ALPHA_BETA, ALPHA, BETA, agreement_extra)
+        .flow(ALPHA, BETA, flow_extra)
+        .flow(BETA, ALPHA, "")
+        .both_ways(BETA_GAMMA, BETA, GAMMA)
+        .into()
 }
 
 fn rate(rate_per_sec: u32, burst: u32, extra: &str) -> String {

@@ -9,8 +9,8 @@ use crossflow_proto::v1::{
 };
 use crossflow_store::{LandingStore, Sqlite};
 use crossflow_tests::{
-    ALPHA, BETA, GAMMA, TestGateway, assert_refused, create_req, onward_req, redeem_req, refusal,
-    run_cli,
+    ALPHA, ALPHA_BETA, BETA, BETA_GAMMA, Federation, GAMMA, TestGateway, assert_refused,
+    create_req, onward_req, redeem_req, refusal, run_cli,
 };
 use tonic::{Code, Status, transport::Channel};
 
@@ -27,54 +27,31 @@ const DELTA: &str = "delta";
 ///
 /// `budget` is a valid namespace that no flow scopes; `health` is scoped by
 /// alpha -> beta but sensitive.
-const BODY: &str = r#"
-[[partners]]
-id = "alpha"
-[[partners]]
-id = "beta"
-[[partners]]
-id = "gamma"
-[[partners]]
-id = "delta"
+fn body() -> Federation {
+    Federation::partners(&[ALPHA, BETA, GAMMA, DELTA])
+        .agreement(ALPHA_BETA, ALPHA, BETA, "max_hops = 3")
+        .flow(
+            ALPHA,
+            BETA,
+            &scopes(&["iab-audience", "life-stage", "room-style", "health"]),
+        )
+        .flow(BETA, ALPHA, "")
+        .agreement("alpha-gamma", ALPHA, GAMMA, "")
+        .flow(ALPHA, GAMMA, &scopes(&["iab-audience", "room-style"]))
+        .agreement(BETA_GAMMA, BETA, GAMMA, "max_hops = 3")
+        .flow(BETA, GAMMA, &scopes(&["iab-audience", "life-stage"]))
+        .agreement("beta-delta", BETA, DELTA, "max_hops = 3")
+        .flow(BETA, DELTA, &scopes(&["iab-audience"]))
+        .then(TAGS)
+}
 
-[[agreements]]
-id = "alpha-beta"
-between = ["alpha", "beta"]
-max_hops = 3
-[[agreements.flows]]
-from = "alpha"
-to = "beta"
-tag_scopes = ["iab-audience", "life-stage", "room-style", "health"]
-[[agreements.flows]]
-from = "beta"
-to = "alpha"
+/// A flow's `tag_scopes` key.
+fn scopes(namespaces: &[&str]) -> String {
+    format!("tag_scopes = {namespaces:?}")
+}
 
-[[agreements]]
-id = "alpha-gamma"
-between = ["alpha", "gamma"]
-[[agreements.flows]]
-from = "alpha"
-to = "gamma"
-tag_scopes = ["iab-audience", "room-style"]
-
-[[agreements]]
-id = "beta-gamma"
-between = ["beta", "gamma"]
-max_hops = 3
-[[agreements.flows]]
-from = "beta"
-to = "gamma"
-tag_scopes = ["iab-audience", "life-stage"]
-
-[[agreements]]
-id = "beta-delta"
-between = ["beta", "delta"]
-max_hops = 3
-[[agreements.flows]]
-from = "beta"
-to = "delta"
-tag_scopes = ["iab-audience"]
-
+/// The tag namespaces [`body`] configures.
+const TAGS: &str = r#"
 [tags]
 max_ttl_secs = 3600
 pseudonym_overlap_days = 90
@@ -99,7 +76,7 @@ pattern = "[a-z]+"
 async fn gateway() -> TestGateway {
     TestGateway::builder()
         .partner(DELTA)
-        .body(BODY)
+        .body(body())
         .start()
         .await
 }

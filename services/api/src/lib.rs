@@ -11,11 +11,14 @@
 //!   ids), so every RPC rejects the same bad field the same way.
 //! - [`metrics`]: the domain metrics every service records (a no-op until
 //!   the gateway installs an OpenTelemetry meter).
+//! - [`rng`]: the seeded generator the crash harness and the load generator
+//!   share, so their runs replay from a seed.
 #![forbid(unsafe_code)]
 
 pub mod check;
 pub mod clock;
 pub mod metrics;
+pub mod rng;
 
 use std::{fmt, time::Duration};
 

@@ -30,6 +30,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use crossflow_api::rng::SplitMix64;
 use crossflow_gateway::{server, testbed::Testbed};
 use crossflow_proto::v1::{
     ConversionStatus, CreateReferralRequest, GetQuotaStatusRequest, GetReferredUserTagsRequest,
@@ -166,10 +167,7 @@ fn order(order_id: String, subject: String, amount_minor: i64) -> ReportConversi
 
 /// SplitMix64 of the sequence number: which RPC a request is.
 fn op_of(seq: u64) -> usize {
-    let mut z = seq.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    let mut roll = (z ^ (z >> 31)) % 100;
+    let mut roll = SplitMix64::mix(seq) % 100;
     for (i, (_, w)) in MIX.iter().enumerate() {
         if roll < *w {
             return i;

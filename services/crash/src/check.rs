@@ -7,6 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crossflow_api::rng::SplitMix64;
 use crossflow_ledger::{Verifier, merkle};
 use crossflow_proto::v1::{
     Checkpoint, GetCheckpointRequest, GetConsistencyProofRequest, GetConversionRequest,
@@ -17,7 +18,6 @@ use crossflow_proto::v1::{
 use crate::{
     BoxError,
     load::{Acked, Answer, B, Book, Clients, Op, Seen},
-    rng::Rng,
 };
 
 /// Acknowledged writes of each kind resent per cycle (from any cycle).
@@ -156,7 +156,7 @@ pub async fn retry_lost(ctx: &Ctx<'_>, book: &mut Book, cycle: u32, r: &mut Repo
 }
 
 /// Resends a sample of acknowledged writes: same answer as the first time.
-pub async fn resend_acked(ctx: &Ctx<'_>, book: &Book, rng: &mut Rng, r: &mut Report) {
+pub async fn resend_acked(ctx: &Ctx<'_>, book: &Book, rng: &mut SplitMix64, r: &mut Report) {
     for kind in ["create", "redeem", "publish", "report", "update"] {
         let all: Vec<&Acked> = book.acked.iter().filter(|a| a.op.kind() == kind).collect();
         for _ in 0..RESEND_PER_KIND.min(all.len()) {
@@ -401,7 +401,7 @@ pub async fn read_back(
     ctx: &Ctx<'_>,
     book: &Book,
     cycle: u32,
-    rng: &mut Rng,
+    rng: &mut SplitMix64,
     r: &mut Report,
 ) -> Result<(), BoxError> {
     let mine: Vec<&Acked> = book.acked.iter().filter(|a| a.cycle == cycle).collect();

@@ -13,6 +13,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use crossflow_api::rng::SplitMix64;
 use crossflow_proto::v1::{
     ConversionStatus, CreateReferralRequest, CreateReferralResponse, GetCheckpointRequest,
     PublishTagsRequest, PublishTagsResponse, RedeemReferralRequest, RedeemReferralResponse,
@@ -23,7 +24,7 @@ use crossflow_proto::v1::{
 };
 use tonic::{Status, transport::Channel};
 
-use crate::{BoxError, rng::Rng};
+use crate::BoxError;
 
 /// The demo federation's partners: A refers to B, B onward to C, B back to A.
 pub const PARTNERS: [&str; 3] = ["mombaby-live", "homedecor-live", "beauty-live"];
@@ -233,7 +234,7 @@ impl Run {
     }
 
     /// Stories back to back until the kill.
-    pub async fn worker(self, worker: usize, mut rng: Rng) {
+    pub async fn worker(self, worker: usize, mut rng: SplitMix64) {
         let mut n = 0u64;
         while !self.killed.load(Ordering::SeqCst) {
             let key = format!("c{}w{worker}n{n}", self.cycle);
@@ -247,7 +248,7 @@ impl Run {
     }
 
     /// A -> B, maybe tags about A's user, maybe B's order, maybe onward to C.
-    async fn forward(&self, key: &str, rng: &mut Rng) {
+    async fn forward(&self, key: &str, rng: &mut SplitMix64) {
         let Some((referral_id, token)) = self
             .hop(A, B, key, &format!("{key}-a"), "", "room/nursery")
             .await
@@ -298,7 +299,7 @@ impl Run {
     }
 
     /// B -> A and maybe A's order.
-    async fn reverse(&self, key: &str, rng: &mut Rng) {
+    async fn reverse(&self, key: &str, rng: &mut SplitMix64) {
         let Some((_, token)) = self
             .hop(B, A, key, &format!("{key}-b"), "", "live/bedtime")
             .await
@@ -353,7 +354,7 @@ impl Run {
 
     /// Reports an order by `by`'s user `subject`, then maybe confirms or
     /// partly refunds it. False if the story must end.
-    async fn order(&self, by: usize, subject: &str, key: &str, rng: &mut Rng) -> bool {
+    async fn order(&self, by: usize, subject: &str, key: &str, rng: &mut SplitMix64) -> bool {
         let order_id = format!("{key}-order-{}", ["a", "b", "c"][by]);
         let amount = 10_000 + 100 * rng.below(1000) as i64;
         let now = SystemTime::now()

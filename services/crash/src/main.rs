@@ -12,7 +12,6 @@
 
 mod check;
 mod load;
-mod rng;
 
 use std::{
     fs::OpenOptions,
@@ -24,14 +23,12 @@ use std::{
 };
 
 use clap::Parser;
+use crossflow_api::rng::SplitMix64;
 use crossflow_gateway::{demo::DEMO_BODY, testbed::Testbed};
 use crossflow_ledger::Verifier;
 use crossflow_proto::v1::GetLogKeyRequest;
 
-use crate::{
-    load::{Book, Clients, PARTNERS, Run, Seen},
-    rng::Rng,
-};
+use crate::load::{Book, Clients, PARTNERS, Run, Seen};
 
 /// Any error, propagated to `main`.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -266,7 +263,7 @@ async fn run(cli: Cli) -> Result<bool, BoxError> {
         dir.display()
     );
 
-    let rng = Rng::new(seed);
+    let rng = SplitMix64::new(seed);
     let mut gw = Gateway::start(&bin, &bed, addr).await?;
     let clients = Clients::connect(&bed, addr, &operator).await?;
     let key = clients

@@ -139,30 +139,29 @@ pub fn span(period: &str, tz: &str) -> Result<Span, PeriodError> {
     })
 }
 
-/// A recorded close.
+/// A recorded close, as [`close`] answers it: the stored row (its fields
+/// read through `Deref`, e.g. `close.anchor_size`) and whether it was there
+/// before the call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Close {
-    pub period: String,
-    pub timezone: String,
-    pub previous_anchor_size: u64,
-    pub anchor_size: u64,
-    pub closed_at_ms: i64,
+    pub recorded: periods::PeriodClose,
     /// The period had been closed before; nothing was changed.
     pub already: bool,
 }
 
-impl Close {
-    fn from_row(c: periods::PeriodClose, already: bool) -> Close {
-        Close {
-            period: c.period,
-            timezone: c.timezone,
-            previous_anchor_size: c.previous_anchor_size,
-            anchor_size: c.anchor_size,
-            closed_at_ms: c.closed_at_ms,
-            already,
-        }
-    }
+// === impl Close ===
 
+// A wrapper rather than a copy of the row's fields: one definition of what a
+// close records, in the store that records it.
+impl std::ops::Deref for Close {
+    type Target = periods::PeriodClose;
+
+    fn deref(&self) -> &periods::PeriodClose {
+        &self.recorded
+    }
+}
+
+impl Close {
     /// The line `crossflow ledger close` prints.
     pub fn summary(&self) -> String {
         let what = if self.already {
@@ -206,7 +205,10 @@ fn close_in_tx(
     let span = span(period, tz)?;
     let name = span.month.to_string();
     if let Some(done) = periods::period(conn, &name)? {
-        return Ok(Close::from_row(done, true));
+        return Ok(Close {
+            recorded: done,
+            already: true,
+        });
     }
     if now_ms < span.end_ms {
         return Err(PeriodError::NotEnded {
@@ -256,7 +258,10 @@ fn close_in_tx(
         closed_at_ms: now_ms,
     };
     periods::insert(conn, &row)?;
-    Ok(Close::from_row(row, false))
+    Ok(Close {
+        recorded: row,
+        already: false,
+    })
 }
 
 /// The bounds of a closed period (in the zone it was closed in).

@@ -43,7 +43,7 @@ use std::{
 };
 
 use crossflow_api::{Kind, Problem, QuotaViolation};
-use crossflow_settings::{QuotaClass, Settings, SettingsHandle, raw};
+use crossflow_settings::{QuotaClass, RateQuota, Settings, SettingsHandle, raw};
 use crossflow_store::{QuotaCounterStore, StoreError};
 
 pub use day::DayClock;
@@ -132,6 +132,15 @@ struct Gcra {
 // === impl Gcra ===
 
 impl Gcra {
+    /// The emission interval `t` (ns per call at the quota's rate) and the
+    /// tolerance `tau` (a full burst's worth of `t`) of `q`. A zero rate or
+    /// burst counts as one: settings reject zero, this keeps the arithmetic
+    /// total anyway.
+    fn params(q: &RateQuota) -> (u64, u64) {
+        let t = 1_000_000_000 / u64::from(q.rate_per_sec.max(1));
+        (t, t.saturating_mul(u64::from(q.burst.max(1))))
+    }
+
     /// The outstanding debt at `now_ns`, in ns at emission interval `t`.
     ///
     /// When a reload changes the rate, the debt is rescaled so that it stands
@@ -256,8 +265,7 @@ impl Quotas {
         }
 
         // GCRA: conforming iff the new arrival time is within burst * T.
-        let t = 1_000_000_000 / u64::from(q.rate_per_sec.max(1));
-        let tau = t.saturating_mul(u64::from(q.burst.max(1)));
+        let (t, tau) = Gcra::params(q);
         let new_tat = now_ns
             .saturating_add(gcra.debt(now_ns, t))
             .saturating_add(t);
@@ -393,9 +401,8 @@ impl Quotas {
         if let Some(p) = settings.partner(partner) {
             for (class, q) in &p.quotas {
                 let cname = class_name(*class);
-                let t = 1_000_000_000 / u64::from(q.rate_per_sec.max(1));
+                let (t, tau) = Gcra::params(q);
                 let burst = u64::from(q.burst.max(1));
-                let tau = t.saturating_mul(burst);
                 let debt = cells[class_index(*class)].debt(now_ns, t);
                 let remaining = tau.saturating_sub(debt) / t;
                 quotas.push(Standing {

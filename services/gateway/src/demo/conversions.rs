@@ -13,7 +13,7 @@ use crossflow_proto::v1::{
 };
 use tonic::transport::Channel;
 
-use super::{BEAUTY, DemoError, HOMEDECOR, MOMBABY};
+use super::{BEAUTY, DemoError, HOMEDECOR, MOMBABY, unexpected};
 use crate::testbed::Testbed;
 
 /// Sums of postings per account, in minor units, from entry bytes.
@@ -29,10 +29,7 @@ struct Books {
 impl Books {
     fn add(&mut self, entry: &[u8]) -> Result<(), DemoError> {
         let v: serde_json::Value =
-            serde_json::from_slice(entry).map_err(|e| DemoError::Unexpected {
-                expected: "a JSON ledger entry".into(),
-                seen: e.to_string(),
-            })?;
+            serde_json::from_slice(entry).map_err(|e| unexpected("a JSON ledger entry", e))?;
         for p in v["postings"].as_array().into_iter().flatten() {
             let account = p["account"].as_str().unwrap_or_default().to_owned();
             *self.accounts.entry(account).or_default() += p["amount_minor"].as_i64().unwrap_or(0);
@@ -235,10 +232,7 @@ pub(super) async fn run(
     }
     let total: i64 = books.accounts.values().sum();
     if total != 0 {
-        return Err(DemoError::Unexpected {
-            expected: "postings summing to zero".into(),
-            seen: total.to_string(),
-        });
+        return Err(unexpected("postings summing to zero", total));
     }
     Ok(())
 }
@@ -277,14 +271,11 @@ async fn verify_receipt(
         .await?
         .into_inner()
         .receipt;
-    let bad = |seen: String| DemoError::Unexpected {
-        expected: "a receipt that verifies".into(),
-        seen,
-    };
-    let verifier =
-        crossflow_ledger::Verifier::parse(&key.verifier_key).map_err(|e| bad(e.to_string()))?;
+    const VERIFIES: &str = "a receipt that verifies";
+    let verifier = crossflow_ledger::Verifier::parse(&key.verifier_key)
+        .map_err(|e| unexpected(VERIFIES, e))?;
     let checkpoint = crossflow_ledger::verify_receipt(&receipt, entry, &verifier, &key.origin)
-        .map_err(|e| bad(e.to_string()))?;
+        .map_err(|e| unexpected(VERIFIES, e))?;
     Ok(format!(
         "receipt for ledger entry #{index} verified offline against checkpoint {} (size {}, key {})",
         checkpoint.origin,

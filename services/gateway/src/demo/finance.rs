@@ -17,7 +17,7 @@ use crossflow_proto::v1::{
 };
 use crossflow_store::{Sqlite, ledger::LedgerStore};
 
-use super::{BEAUTY, DemoError, HOMEDECOR, MOMBABY, conversions::order, create};
+use super::{BEAUTY, DemoError, HOMEDECOR, MOMBABY, conversions::order, create, unexpected};
 use crate::{server::Running, testbed::Testbed};
 
 /// 2026-11-01T00:00:20+08:00: just after October ended in Shanghai.
@@ -26,13 +26,6 @@ const NOV_1_MS: i64 = 1_793_462_420_000;
 const NOV_20_MS: i64 = 1_795_147_200_000;
 /// 2026-12-01T00:00:20+08:00: just after November ended.
 const DEC_1_MS: i64 = 1_796_054_420_000;
-
-fn unexpected(expected: &str, seen: impl std::fmt::Display) -> DemoError {
-    DemoError::Unexpected {
-        expected: expected.into(),
-        seen: seen.to_string(),
-    }
-}
 
 pub(super) async fn run(
     bed: &Testbed,

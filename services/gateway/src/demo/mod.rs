@@ -107,6 +107,14 @@ pub enum DemoError {
     Unexpected { expected: String, seen: String },
 }
 
+/// The demo saw `seen` where it expected `expected`.
+fn unexpected(expected: impl Into<String>, seen: impl std::fmt::Display) -> DemoError {
+    DemoError::Unexpected {
+        expected: expected.into(),
+        seen: seen.to_string(),
+    }
+}
+
 #[derive(Default)]
 struct Tally {
     out: BTreeMap<&'static str, u64>,
@@ -136,10 +144,11 @@ pub async fn run(keep: Option<&Path>) -> Result<String, DemoError> {
     let clock = Arc::new(OffsetClock::starting_at(DEMO_START_MS));
     let gw = server::start_with_clock(
         bed.settings()?,
-        Some("127.0.0.1:0".parse().map_err(|_| DemoError::Unexpected {
-            expected: "a loopback address".into(),
-            seen: "none".into(),
-        })?),
+        Some(
+            "127.0.0.1:0"
+                .parse()
+                .map_err(|_| unexpected("a loopback address", "none"))?,
+        ),
         clock.clone(),
     )
     .await?;
@@ -158,10 +167,8 @@ pub async fn run(keep: Option<&Path>) -> Result<String, DemoError> {
             client: ReferralServiceClient::new(bed.channel(gw.addr, id).await?),
         });
     }
-    let [a, b, c] = <[Platform; 3]>::try_from(p).map_err(|_| DemoError::Unexpected {
-        expected: "three platforms".into(),
-        seen: "fewer".into(),
-    })?;
+    let [a, b, c] =
+        <[Platform; 3]>::try_from(p).map_err(|_| unexpected("three platforms", "fewer"))?;
     let mut t = Tally::default();
 
     // Morning: mombaby-live sends viewers of its baby-care streams to a
@@ -393,20 +400,20 @@ fn forge(token: &str, salt: usize) -> String {
 
 fn expect_refusal<T>(t: &mut Tally, r: Result<T, Status>, reason: &str) -> Result<(), DemoError> {
     match r {
-        Ok(_) => Err(DemoError::Unexpected {
-            expected: format!("a refusal with reason {reason}"),
-            seen: "success".into(),
-        }),
+        Ok(_) => Err(unexpected(
+            format!("a refusal with reason {reason}"),
+            "success",
+        )),
         Err(s) => {
             let seen = s
                 .get_details_error_info()
                 .map(|i| i.reason)
                 .unwrap_or_default();
             if seen != reason {
-                return Err(DemoError::Unexpected {
-                    expected: reason.into(),
-                    seen: format!("{:?} {seen}: {}", s.code(), s.message()),
-                });
+                return Err(unexpected(
+                    reason,
+                    format_args!("{:?} {seen}: {}", s.code(), s.message()),
+                ));
             }
             *t.refused
                 .entry(format!("{:?} {seen}", s.code()))

@@ -16,7 +16,7 @@ use crossflow_proto::v1::{
 use tonic::{Code, transport::Channel};
 use tonic_types::StatusExt;
 
-use super::{BEAUTY, DemoError, HOMEDECOR};
+use super::{BEAUTY, DemoError, HOMEDECOR, unexpected};
 use crate::testbed::Testbed;
 
 /// Where beauty-live's quota table goes in the demo file.
@@ -58,9 +58,11 @@ pub(super) async fn run(
             Err(s) => return Err(s.into()),
         }
     }
-    let s = refusal.ok_or_else(|| DemoError::Unexpected {
-        expected: "a RESOURCE_EXHAUSTED after the burst".into(),
-        seen: format!("{ok} hops minted"),
+    let s = refusal.ok_or_else(|| {
+        unexpected(
+            "a RESOURCE_EXHAUSTED after the burst",
+            format_args!("{ok} hops minted"),
+        )
     })?;
     let quota = s
         .get_details_quota_failure()
@@ -128,10 +130,10 @@ async fn set_quota(
     let table =
         format!("{ANCHOR}[partners.quotas.referrals]\nrate_per_sec = {rate}\nburst = {burst}\n");
     if !original.contains(ANCHOR) {
-        return Err(DemoError::Unexpected {
-            expected: format!("{ANCHOR:?} in the demo config"),
-            seen: "no such line".into(),
-        });
+        return Err(unexpected(
+            format!("{ANCHOR:?} in the demo config"),
+            "no such line",
+        ));
     }
     std::fs::write(bed.config_path(), original.replacen(ANCHOR, &table, 1)).map_err(io)?;
     let start = Instant::now();
@@ -147,10 +149,10 @@ async fn set_quota(
             return Ok(start.elapsed());
         }
         if start.elapsed() > RELOAD_DEADLINE {
-            return Err(DemoError::Unexpected {
-                expected: format!("the quota {rate}/s applied within {RELOAD_DEADLINE:?}"),
-                seen: format!("{:?}", s.quotas),
-            });
+            return Err(unexpected(
+                format!("the quota {rate}/s applied within {RELOAD_DEADLINE:?}"),
+                format_args!("{:?}", s.quotas),
+            ));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -13,7 +13,7 @@ use crossflow_proto::v1::{
 use tonic::{Code, transport::Channel};
 use tonic_types::StatusExt;
 
-use super::{BEAUTY, DemoError, HOMEDECOR, MOMBABY};
+use super::{BEAUTY, DemoError, HOMEDECOR, MOMBABY, unexpected};
 use crate::testbed::Testbed;
 
 const VIEWERS: usize = 24;
@@ -177,10 +177,7 @@ pub async fn run(bed: &Testbed, addr: SocketAddr, report: &mut String) -> Result
         .await;
     let after = match after {
         Ok(_) => {
-            return Err(DemoError::Unexpected {
-                expected: "NO_TAG_ACCESS after the opt-out".into(),
-                seen: "tags".into(),
-            });
+            return Err(unexpected("NO_TAG_ACCESS after the opt-out", "tags"));
         }
         Err(s) if s.code() == Code::PermissionDenied => reason(&s),
         Err(s) => return Err(s.into()),
