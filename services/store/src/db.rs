@@ -33,7 +33,7 @@ use std::{
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
-use crate::StoreError;
+use crate::{StoreError, ledger::Handoff};
 
 /// Most writes folded into one commit.
 const MAX_BATCH: usize = 2048;
@@ -84,6 +84,8 @@ struct Inner {
     stats: Arc<Mutex<WriterStats>>,
     writer: Mutex<Option<thread::JoinHandle<()>>>,
     syncer: Mutex<Option<thread::JoinHandle<()>>>,
+    /// What the writer appended to the ledger, for the integrator.
+    handoff: Arc<Handoff>,
     // Held for the life of the handle: two gateways on one data dir would
     // break the single-writer rule.
     _lock: File,
@@ -123,9 +125,14 @@ impl Db {
             .name("crossflow-syncer".into())
             .spawn(move || syncer_loop(&sync_path, sync_rx, syncer_stats))
             .map_err(|e| StoreError::io(&path, e))?;
+        let handoff = Arc::new(Handoff::default());
+        let writer_handoff = handoff.clone();
         let writer = thread::Builder::new()
             .name("crossflow-writer".into())
-            .spawn(move || writer_loop(conn, rx, sync_tx))
+            .spawn(move || {
+                Handoff::install(writer_handoff);
+                writer_loop(conn, rx, sync_tx)
+            })
             .map_err(|e| StoreError::io(&path, e))?;
         Ok(Db {
             inner: Arc::new(Inner {
@@ -135,6 +142,7 @@ impl Db {
                 stats,
                 writer: Mutex::new(Some(writer)),
                 syncer: Mutex::new(Some(syncer)),
+                handoff,
                 _lock: lock,
             }),
         })
@@ -142,6 +150,10 @@ impl Db {
 
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    pub(crate) fn handoff(&self) -> &Arc<Handoff> {
+        &self.inner.handoff
     }
 
     pub fn stats(&self) -> WriterStats {

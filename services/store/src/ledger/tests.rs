@@ -42,6 +42,77 @@ async fn indexes_are_dense_and_a_rollback_frees_its_index() {
 }
 
 #[tokio::test]
+async fn the_log_starts_at_zero_even_after_a_rolled_back_first_entry() {
+    let (_dir, s) = open();
+    let failed = s
+        .db()
+        .write(|c| {
+            let first = sequence(c, b"doomed", &["a"], 1)?;
+            assert_eq!(first.index, 0);
+            Err::<(), _>(StoreError::Corrupt("domain check failed".into()))
+        })
+        .await;
+    assert!(failed.is_err());
+    let p = Prepared::new(b"first".to_vec(), &["a", "b"]).unwrap();
+    assert_eq!(p.leaf_hash(), leaf_hash(b"first"));
+    let seq = s
+        .db()
+        .write(move |c| Ok((append(c, &p, 2)?, append(c, &p, 3)?)))
+        .await
+        .unwrap();
+    assert_eq!((seq.0.index, seq.1.index), (0, 1));
+    assert_eq!(s.sequenced_size().await.unwrap(), 2);
+    assert_eq!(s.entry(0).await.unwrap().unwrap().bytes, b"first");
+}
+
+#[tokio::test]
+async fn the_integrator_gets_appended_leaves_in_memory_but_never_a_rolled_back_one() {
+    let (_dir, s) = open();
+    s.db()
+        .write(|c| sequence(c, b"a", &["x", "y"], 1))
+        .await
+        .unwrap();
+    // A rolled-back append leaves its leaf behind in memory, at index 1.
+    let failed = s
+        .db()
+        .write(|c| {
+            sequence(c, b"phantom", &["x"], 2)?;
+            Err::<(), _>(StoreError::Corrupt("domain check failed".into()))
+        })
+        .await;
+    assert!(failed.is_err());
+    // Served from memory: the stored hash is made wrong behind its back.
+    s.db()
+        .write(|c| Ok(c.execute("UPDATE ledger_entries SET leaf_hash = zeroblob(32)", [])?))
+        .await
+        .unwrap();
+    let got = s.leaves(0, 10).await.unwrap();
+    assert_eq!(
+        got,
+        vec![Leaf {
+            hash: leaf_hash(b"a"),
+            parties: vec!["x".into(), "y".into()],
+        }]
+    );
+    // Index 1 is reused, and the integrator gets the committed entry.
+    s.db()
+        .write(|c| sequence(c, b"b", &["z"], 3))
+        .await
+        .unwrap();
+    let got = s.leaves(1, 10).await.unwrap();
+    assert_eq!(
+        got,
+        vec![Leaf {
+            hash: leaf_hash(b"b"),
+            parties: vec!["z".into()],
+        }]
+    );
+    // Asked again (a failed integration step), it reads the store.
+    let again = s.leaves(1, 10).await.unwrap();
+    assert_eq!(again[0].parties, vec!["z"]);
+}
+
+#[tokio::test]
 async fn integration_persists_nodes_parties_and_checkpoints() {
     let (_dir, s) = open();
     let n = 3 * CHUNK as u64 + 5;
