@@ -2,10 +2,11 @@
 //! complete Merkle subtrees, and every signed checkpoint.
 //!
 //! Sequencing and integration are separate (as in Tessera and Trillian):
-//! [`sequence`] durably assigns the next index inside a domain write, so a
-//! conversion and its entry commit or roll back together; the integrator in
-//! `crossflow-ledger` later reads new leaf hashes, appends them to its tree
-//! frontier and persists the nodes and a checkpoint with
+//! [`append`] (or [`sequence`]) durably assigns the next index inside a
+//! domain write, so a conversion and its entry commit or roll back together;
+//! the integrator in `crossflow-ledger` later takes the new leaf hashes
+//! (handed over in memory by the writer, see `Handoff`, or read back),
+//! appends them to its tree frontier and persists the nodes and a checkpoint with
 //! [`LedgerStore::integrate`]. Storage never sees a signing key: checkpoints
 //! arrive here already signed.
 //!
