@@ -216,6 +216,19 @@ pub fn default_body() -> String {
     default_body_with(2, 900)
 }
 
+/// A gateway on [`default_body`] that signs ledger checkpoints every 50 ms,
+/// with `operator` holding an operator certificate.
+pub async fn ledger_gateway(operator: &str) -> TestGateway {
+    TestGateway::builder()
+        .operator(operator)
+        .body(format!(
+            "{}\n[ledger]\ncheckpoint_interval_ms = 50\n",
+            default_body()
+        ))
+        .start()
+        .await
+}
+
 // === requests ===
 
 pub fn create_req(subject: &str, to: &str, target: &str) -> CreateReferralRequest {

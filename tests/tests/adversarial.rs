@@ -19,22 +19,15 @@ use crossflow_proto::v1::{
     tag_service_client::TagServiceClient,
 };
 use crossflow_tests::{
-    ALPHA, BETA, GAMMA, TestGateway, assert_refused, create_req, default_body, get_req, now_ms,
-    redeem_req, refusal, timestamp,
+    ALPHA, BETA, GAMMA, TestGateway, assert_refused, create_req, get_req, now_ms, redeem_req,
+    refusal, timestamp,
 };
 use tonic::{Code, transport::Channel};
 
 const OPERATOR: &str = "ops";
 
 async fn gateway() -> TestGateway {
-    TestGateway::builder()
-        .operator(OPERATOR)
-        .body(format!(
-            "{}\n[ledger]\ncheckpoint_interval_ms = 50\n",
-            default_body()
-        ))
-        .start()
-        .await
+    crossflow_tests::ledger_gateway(OPERATOR).await
 }
 
 fn now() -> prost_types::Timestamp {

@@ -18,22 +18,14 @@ use crossflow_proto::v1::{
     ledger_service_client::LedgerServiceClient,
 };
 use crossflow_tests::{
-    ALPHA, BETA, FEDERATION, GAMMA, TestGateway, assert_refused, create_req, default_body,
-    redeem_req, run_cli,
+    ALPHA, BETA, FEDERATION, GAMMA, TestGateway, assert_refused, create_req, redeem_req, run_cli,
 };
 use tonic::{Code, transport::Channel};
 
 const OPERATOR: &str = "ops";
 
 async fn gateway() -> TestGateway {
-    TestGateway::builder()
-        .operator(OPERATOR)
-        .body(format!(
-            "{}\n[ledger]\ncheckpoint_interval_ms = 50\n",
-            default_body()
-        ))
-        .start()
-        .await
+    crossflow_tests::ledger_gateway(OPERATOR).await
 }
 
 async fn ledger(gw: &TestGateway, name: &str) -> LedgerServiceClient<Channel> {

@@ -153,18 +153,43 @@ async fn append_plain(o: &Options) -> Result<f64, BoxError> {
     while next < o.entries {
         let rows = batch(next, o.batch);
         next += rows.len() as u64;
-        db.write(move |c| {
-            let mut insert = c.prepare_cached("INSERT INTO plain (bytes) VALUES (?1)")?;
-            for r in &rows {
-                insert.execute([r])?;
-            }
-            Ok(())
-        })
-        .await?;
+        insert_plain(&db, rows).await?;
     }
     let rate = next as f64 / started.elapsed().as_secs_f64();
     db.close();
     Ok(rate)
+}
+
+/// One durable batch of plain inserts: the baseline.
+async fn insert_plain(db: &Db, rows: Vec<Vec<u8>>) -> Result<(), BoxError> {
+    db.write(move |c| {
+        let mut insert = c.prepare_cached("INSERT INTO plain (bytes) VALUES (?1)")?;
+        for r in &rows {
+            insert.execute([r])?;
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(())
+}
+
+/// One durable batch of ledger appends, hashed before the write as the
+/// services do (`Prepared`), so the writer thread only inserts.
+async fn append_batch(store: &Sqlite, rows: Vec<Vec<u8>>) -> Result<(), BoxError> {
+    let prepared = rows
+        .into_iter()
+        .map(|e| Prepared::new(e, &["homedecor-live", "mombaby-live"]))
+        .collect::<Result<Vec<_>, _>>()?;
+    store
+        .db()
+        .write(move |c| {
+            for r in &prepared {
+                append(c, r, 0)?;
+            }
+            Ok(())
+        })
+        .await?;
+    Ok(())
 }
 
 struct Interleaved {
@@ -196,33 +221,12 @@ async fn append_interleaved(o: &Options) -> Result<Interleaved, BoxError> {
         let rows = batch(next, o.batch);
         next += rows.len() as u64;
         batches += 1;
-        let copy = rows.clone();
         let started = Instant::now();
-        plain
-            .write(move |c| {
-                let mut insert = c.prepare_cached("INSERT INTO plain (bytes) VALUES (?1)")?;
-                for r in &copy {
-                    insert.execute([r])?;
-                }
-                Ok(())
-            })
-            .await?;
+        insert_plain(&plain, rows.clone()).await?;
         plain_time += started.elapsed();
 
         let started = Instant::now();
-        let prepared = rows
-            .into_iter()
-            .map(|e| Prepared::new(e, &["homedecor-live", "mombaby-live"]))
-            .collect::<Result<Vec<_>, _>>()?;
-        store
-            .db()
-            .write(move |c| {
-                for r in &prepared {
-                    append(c, r, 0)?;
-                }
-                Ok(())
-            })
-            .await?;
+        append_batch(&store, rows).await?;
         append_time += started.elapsed();
 
         if batches % STEP_EVERY == 0 || next >= o.entries {
@@ -263,22 +267,9 @@ async fn append_ledger(o: &Options, integrate: bool) -> Result<Appended, BoxErro
     let started = Instant::now();
     let mut next = 0;
     while next < o.entries {
-        // Hashed before the write, as the services do (`Prepared`), so the
-        // writer thread only inserts.
-        let rows = batch(next, o.batch)
-            .into_iter()
-            .map(|e| Prepared::new(e, &["homedecor-live", "mombaby-live"]))
-            .collect::<Result<Vec<_>, _>>()?;
+        let rows = batch(next, o.batch);
         next += rows.len() as u64;
-        store
-            .db()
-            .write(move |c| {
-                for r in &rows {
-                    append(c, r, 0)?;
-                }
-                Ok(())
-            })
-            .await?;
+        append_batch(&store, rows).await?;
     }
     let sequenced = next as f64 / started.elapsed().as_secs_f64();
     let Some(handle) = handle else {

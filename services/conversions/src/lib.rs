@@ -652,7 +652,8 @@ fn report_tx(conn: &Connection, x: &ReportCtx) -> TxResult<Recorded> {
         Err(err) => return Ok(Err(err.into())),
     };
     let parties = parties(&x.caller, &payouts);
-    let seq = ledger::sequence(conn, &bytes, &parties, x.now)?;
+    let entry = ledger::Prepared::new(bytes, &parties)?;
+    let seq = ledger::append(conn, &entry, x.now)?;
     let record = ConversionRecord {
         conversion_id: x.id,
         reporter: x.caller.clone(),
@@ -684,7 +685,7 @@ fn report_tx(conn: &Connection, x: &ReportCtx) -> TxResult<Recorded> {
         entry: EntryRef {
             index: seq.index,
             leaf_hash: seq.leaf_hash,
-            bytes,
+            bytes: entry.into_bytes(),
         },
         replayed: false,
     }))
@@ -1094,7 +1095,8 @@ fn append_update(
     now: i64,
 ) -> TxResult<Recorded> {
     let parties = parties(&rec.reporter, &rec.payouts);
-    let seq = ledger::sequence(conn, &bytes, &parties, now)?;
+    let entry = ledger::Prepared::new(bytes, &parties)?;
+    let seq = ledger::append(conn, &entry, now)?;
     rec.latest_index = seq.index;
     rows::update_state(conn, &rec)?;
     rows::insert_update(
@@ -1115,7 +1117,7 @@ fn append_update(
         entry: EntryRef {
             index: seq.index,
             leaf_hash: seq.leaf_hash,
-            bytes,
+            bytes: entry.into_bytes(),
         },
         replayed: false,
     }))

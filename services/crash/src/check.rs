@@ -11,8 +11,8 @@ use crossflow_api::rng::SplitMix64;
 use crossflow_ledger::{Verifier, merkle};
 use crossflow_proto::v1::{
     Checkpoint, GetCheckpointRequest, GetConsistencyProofRequest, GetConversionRequest,
-    GetReceiptRequest, GetReferralRequest, GetReferredUserTagsRequest, LedgerEntryRef,
-    ListEntriesRequest, ReferralState, get_receipt_request,
+    GetConversionResponse, GetReceiptRequest, GetReferralRequest, GetReferredUserTagsRequest,
+    LedgerEntryRef, ListEntriesRequest, ReferralState, get_receipt_request,
 };
 
 use crate::{
@@ -397,6 +397,21 @@ pub async fn ledger(ctx: &Ctx<'_>, book: &Book, r: &mut Report) -> Result<(), Bo
 }
 
 /// Reads back this cycle's acknowledged writes through the API.
+/// GetConversion of `order_id` as party `by`.
+async fn conversion(
+    ctx: &Ctx<'_>,
+    by: usize,
+    order_id: &str,
+) -> Result<tonic::Response<GetConversionResponse>, tonic::Status> {
+    ctx.clients.parties[by]
+        .conversions
+        .clone()
+        .get_conversion(GetConversionRequest {
+            order_id: order_id.to_owned(),
+        })
+        .await
+}
+
 pub async fn read_back(
     ctx: &Ctx<'_>,
     book: &Book,
@@ -432,13 +447,7 @@ pub async fn read_back(
                 });
             }
             (Op::Report(by, req), Answer::Report(ans)) => {
-                let got = ctx.clients.parties[*by]
-                    .conversions
-                    .clone()
-                    .get_conversion(GetConversionRequest {
-                        order_id: req.order_id.clone(),
-                    })
-                    .await;
+                let got = conversion(ctx, *by, &req.order_id).await;
                 let want = ans.conversion.clone().unwrap_or_default();
                 let ok = got.as_ref().is_ok_and(|g| {
                     g.get_ref().conversion.as_ref().is_some_and(|c| {
@@ -452,13 +461,7 @@ pub async fn read_back(
                 });
             }
             (Op::Update(by, req), Answer::Update(ans)) => {
-                let got = ctx.clients.parties[*by]
-                    .conversions
-                    .clone()
-                    .get_conversion(GetConversionRequest {
-                        order_id: req.order_id.clone(),
-                    })
-                    .await;
+                let got = conversion(ctx, *by, &req.order_id).await;
                 let idx = ans.entry.as_ref().map_or(u64::MAX, |e| e.index);
                 let ok = got.as_ref().is_ok_and(|g| {
                     g.get_ref().conversion.as_ref().is_some_and(|c| {

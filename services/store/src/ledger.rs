@@ -280,24 +280,20 @@ impl Prepared {
     /// Hashes `entry` and joins `parties`, the partners who may list the
     /// entry and get its receipt (duplicates are ignored when read back).
     pub fn new(entry: Vec<u8>, parties: &[&str]) -> Result<Prepared, StoreError> {
-        let mut joined = String::with_capacity(parties.iter().map(|p| p.len() + 1).sum());
-        for p in parties {
-            // Partner ids are slugs; anything else would split differently.
-            if p.is_empty() || p.contains(',') {
-                return Err(StoreError::Corrupt(format!(
-                    "ledger party {p:?} is not a partner id"
-                )));
-            }
-            if !joined.is_empty() {
-                joined.push(',');
-            }
-            joined.push_str(p);
+        // Partner ids are slugs; anything else would split differently.
+        if let Some(p) = parties.iter().find(|p| p.is_empty() || p.contains(',')) {
+            return Err(StoreError::Corrupt(format!(
+                "ledger party {p:?} is not a partner id"
+            )));
         }
+        let mut list: Vec<String> = parties.iter().map(|p| (*p).to_owned()).collect();
+        list.sort_unstable();
+        list.dedup();
         Ok(Prepared {
             leaf: leaf_hash(&entry),
             bytes: entry,
-            party_list: split_parties(&joined).into(),
-            parties: joined,
+            parties: parties.join(","),
+            party_list: list.into(),
         })
     }
 
