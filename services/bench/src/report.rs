@@ -15,9 +15,10 @@ pub struct Row {
     pub spec: &'static Spec,
     pub outcome: Outcome,
     pub note: Option<String>,
-    /// Store commits and writes during the run, warm-up included.
+    /// Store commits, writes and fsyncs during the run, warm-up included.
     pub commits: u64,
     pub writes: u64,
+    pub syncs: u64,
 }
 
 // === impl Row ===
@@ -38,6 +39,7 @@ impl Row {
             note,
             commits: after.commits.saturating_sub(before.commits),
             writes: after.writes.saturating_sub(before.writes),
+            syncs: after.syncs.saturating_sub(before.syncs),
         }
     }
 
@@ -196,10 +198,11 @@ pub fn table(rows: &[Row]) {
         }
         if r.writes > 0 {
             println!(
-                "{tag}: store wrote {} rows in {} group commits ({:.1} per fsync), warm-up included",
+                "{tag}: store wrote {} rows in {} group commits and {} fsyncs ({:.1} per fsync), warm-up included",
                 r.writes,
                 r.commits,
-                r.writes as f64 / r.commits.max(1) as f64
+                r.syncs,
+                r.writes as f64 / r.syncs.max(1) as f64
             );
         }
         if let Some(e) = &r.outcome.first_error {

@@ -238,17 +238,22 @@ impl ConversionError {
     }
 }
 
-/// The id of (reporter, order_id): the first 16 bytes of
-/// SHA-256("crossflow/conversion\0" ‖ reporter ‖ 0x00 ‖ order_id), stable
-/// across retries and restarts.
-pub fn conversion_id(reporter: &str, order_id: &str) -> [u8; 16] {
+/// The id given to (reporter, order_id) when it is first recorded at
+/// `recorded_at_ms`: that time in milliseconds as 6 big-endian bytes, then
+/// the first 10 bytes of SHA-256("crossflow/conversion\0" ‖ reporter ‖ 0x00
+/// ‖ order_id). Stored with the conversion, so retries and restarts see the
+/// same id. The time comes first so that new ids land at the end of the
+/// id index, as rowids do: a hash-first id put every report on a random
+/// index page, and each such page is a whole page written to the WAL.
+pub fn conversion_id(reporter: &str, order_id: &str, recorded_at_ms: i64) -> [u8; 16] {
     let mut ctx = digest::Context::new(&digest::SHA256);
     ctx.update(b"crossflow/conversion\0");
     ctx.update(reporter.as_bytes());
     ctx.update(&[0]);
     ctx.update(order_id.as_bytes());
     let mut out = [0u8; 16];
-    out.copy_from_slice(&ctx.finish().as_ref()[..16]);
+    out[..6].copy_from_slice(&recorded_at_ms.max(0).to_be_bytes()[2..]);
+    out[6..].copy_from_slice(&ctx.finish().as_ref()[..10]);
     out
 }
 
@@ -280,7 +285,7 @@ impl Conversions {
         let uid = self.keys.uid(caller, &req.subject).0;
         let ctx = ReportCtx {
             caller: caller.to_owned(),
-            id: conversion_id(caller, &req.order_id),
+            id: conversion_id(caller, &req.order_id, now),
             req,
             exponent: checked.exponent,
             occurred_at_ms: checked.occurred_at_ms,
@@ -1151,7 +1156,7 @@ fn secs_to_ms(secs: u64) -> i64 {
 
 /// Lowercase hex.
 pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    hex::encode(b)
 }
 
 #[cfg(test)]

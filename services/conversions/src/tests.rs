@@ -602,11 +602,15 @@ async fn every_bad_field_is_named() {
 }
 
 #[test]
-fn conversion_ids_are_stable_and_distinct() {
-    assert_eq!(conversion_id("a", "o"), conversion_id("a", "o"));
-    assert_ne!(conversion_id("a", "o"), conversion_id("b", "o"));
+fn conversion_ids_are_stable_distinct_and_ordered_by_time() {
+    assert_eq!(conversion_id("a", "o", 5), conversion_id("a", "o", 5));
+    assert_ne!(conversion_id("a", "o", 5), conversion_id("b", "o", 5));
     // The separator keeps ("ab", "c") and ("a", "bc") apart.
-    assert_ne!(conversion_id("ab", "c"), conversion_id("a", "bc"));
+    assert_ne!(conversion_id("ab", "c", 5), conversion_id("a", "bc", 5));
+    // Later ids sort after earlier ones, whatever the order.
+    let t = 1_795_000_000_000;
+    assert!(conversion_id("z", "z", t) < conversion_id("a", "a", t + 1));
+    assert_eq!(conversion_id("a", "o", t)[..6], t.to_be_bytes()[2..]);
 }
 
 #[test]

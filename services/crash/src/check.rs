@@ -375,7 +375,10 @@ pub async fn ledger(ctx: &Ctx<'_>, book: &Book, r: &mut Report) -> Result<(), Bo
         let v: serde_json::Value = serde_json::from_slice(&e.entry).unwrap_or_default();
         let id = v["conversion_id"].as_str().unwrap_or_default().to_owned();
         if v["event"] == "reported" {
-            *reported.entry(id.clone()).or_default() += 1;
+            // By order, not by id: a second report of one order would get an
+            // id of its own (ids start with the recording time).
+            let order = format!("{}/{}", v["reporter"], v["order_id"]);
+            *reported.entry(order).or_default() += 1;
         }
         *found.entry(id).or_default() += 1;
     }

@@ -2,7 +2,7 @@
 //! stored tree, checkpoint signing, and the read side (checkpoints, receipts,
 //! consistency proofs, entry listing) that the gRPC adapter serves.
 //!
-//! Sequencing happens elsewhere ([`crossflow_store::ledger::sequence`], inside
+//! Sequencing happens elsewhere ([`crossflow_store::ledger::append`], inside
 //! the domain write that produces an entry). The [`Integrator`] is the only
 //! writer of tree nodes and checkpoints: it keeps the tree's right edge in a
 //! [`Frontier`] (O(log n) memory), appends new leaf hashes in batches,
@@ -10,6 +10,13 @@
 //! interval while the log grows. Because every checkpoint it signs comes from
 //! that one frontier, which on start is checked against the latest stored
 //! checkpoint, it never signs two inconsistent checkpoints.
+//!
+//! Only steps that sign a checkpoint wait for an fsync. The others are
+//! answered once committed ([`LedgerStore::integrate`]): their nodes are
+//! derived from durable entries, a crash loses at most the steps after the
+//! last checkpoint, and the frontier is rebuilt from what survived. A
+//! checkpoint is published only after its own step is durable, which makes
+//! every node it covers durable too.
 
 use std::{
     future::Future,
@@ -38,9 +45,10 @@ use crate::{
 /// hold up the writer's other jobs for long.
 pub const INTEGRATION_BATCH: usize = 16_384;
 /// Bounds of the integrator's pause between steps when there is no backlog.
-/// Each step is one commit (one fsync) on the shared writer, so stepping
-/// rarely keeps integration from doubling the commits of a busy log; a
-/// quarter of the checkpoint interval keeps checkpoints on time.
+/// Each step is one commit on the shared writer (with an fsync only when it
+/// signs a checkpoint), so stepping rarely keeps integration from doubling
+/// the commits of a busy log; a quarter of the checkpoint interval keeps
+/// checkpoints on time.
 const MIN_POLL: Duration = Duration::from_millis(5);
 const MAX_POLL: Duration = Duration::from_millis(100);
 /// Wait before retrying a failed integration step.
@@ -273,10 +281,10 @@ impl<S: LedgerStore + Clone> Integrator<S> {
         let before = self.frontier.clone();
         let count = leaves.len();
         let mut nodes = Vec::with_capacity(count + 64);
-        let mut parties = Vec::with_capacity(2 * count);
+        let mut parties = Vec::with_capacity(count);
         for leaf in leaves {
             let index = self.frontier.size();
-            parties.extend(leaf.parties.into_iter().map(|p| (p, index)));
+            parties.push((index, leaf.parties));
             // Level 0 is the entry's own leaf hash, already stored with it.
             nodes.extend(
                 self.frontier
@@ -354,7 +362,7 @@ impl<S: LedgerStore + Clone> Integrator<S> {
     async fn commit(
         &mut self,
         nodes: Vec<(u8, u64, Hash)>,
-        parties: Vec<(String, u64)>,
+        parties: Vec<(u64, Arc<[String]>)>,
         checkpoint: Option<StoredCheckpoint>,
     ) -> Result<(), LedgerError> {
         self.store

@@ -4,7 +4,7 @@
 //! These are plain functions on a [`Connection`] rather than a trait with its
 //! own `db.write`: a conversion row must commit or roll back together with
 //! its ledger entry, so the conversions service calls them inside the same
-//! write closure as `ledger::sequence`.
+//! write closure as `ledger::append`.
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
@@ -54,6 +54,16 @@ CREATE TABLE conversion_updates (
 -- landings_by_dest; held conversions are listed by this index.
 CREATE INDEX conversions_held ON conversions (held, reporter);
 ",
+};
+
+/// Drops `conversions_held`: no query ever used it, and every report paid
+/// for it (one more index page written, and copied into the savepoint's
+/// journal, per conversion). Listing held conversions, if it is ever
+/// needed, wants a partial index (`WHERE held = 1`), which costs nothing for
+/// the conversions that are not held.
+pub(crate) const MIGRATION_NO_HELD_INDEX: Migration = Migration {
+    name: "0008_conversions_no_held_index",
+    sql: "DROP INDEX IF EXISTS conversions_held;",
 };
 
 /// A conversion as stored. Raw subjects are never stored: `buyer_uid` is the
@@ -108,21 +118,52 @@ pub struct UpdateRecord {
     pub recorded_at_ms: i64,
 }
 
-const COLUMNS: &str = "conversion_id, reporter, order_id, buyer_uid, amount_minor, currency, \
-    category, occurred_at_ms, referral_id, recorded_at_ms, status, model, touches, \
-    commission_minor, payouts, refunded_minor, held, hold_reason, confirmed_at_ms, \
-    report_index, report_leaf, latest_index";
-
-const UPDATE_COLUMNS: &str = "conversion_id, seq, event, request_id, refund_minor, entry_index, \
-    leaf_hash, recorded_at_ms";
+// Literal SQL (not format!): prepare_cached hashes the text on every call,
+// and these run on the writer for every report.
+macro_rules! columns {
+    () => {
+        "conversion_id, reporter, order_id, buyer_uid, amount_minor, currency, category, \
+         occurred_at_ms, referral_id, recorded_at_ms, status, model, touches, commission_minor, \
+         payouts, refunded_minor, held, hold_reason, confirmed_at_ms, report_index, report_leaf, \
+         latest_index"
+    };
+}
+macro_rules! update_columns {
+    () => {
+        "conversion_id, seq, event, request_id, refund_minor, entry_index, leaf_hash, \
+         recorded_at_ms"
+    };
+}
+const INSERT: &str = concat!(
+    "INSERT INTO conversions (",
+    columns!(),
+    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
+     ?19, ?20, ?21, ?22)"
+);
+const SELECT_BY_ID: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM conversions WHERE conversion_id = ?1"
+);
+const SELECT_BY_ORDER: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM conversions WHERE reporter = ?1 AND order_id = ?2"
+);
+const INSERT_UPDATE: &str = concat!(
+    "INSERT INTO conversion_updates (",
+    update_columns!(),
+    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+);
+const SELECT_UPDATES: &str = concat!(
+    "SELECT ",
+    update_columns!(),
+    " FROM conversion_updates WHERE conversion_id = ?1 ORDER BY seq"
+);
 
 /// Inserts a new conversion. Fails on a duplicate (reporter, order_id).
 pub fn insert(conn: &Connection, c: &ConversionRecord) -> Result<(), StoreError> {
-    let sql = format!(
-        "INSERT INTO conversions ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, \
-         ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)"
-    );
-    conn.prepare_cached(&sql)?.execute(params![
+    conn.prepare_cached(INSERT)?.execute(params![
         &c.conversion_id[..],
         c.reporter,
         c.order_id,
@@ -176,8 +217,7 @@ pub fn update_state(conn: &Connection, c: &ConversionRecord) -> Result<(), Store
 
 /// A conversion by id.
 pub fn select(conn: &Connection, id: &[u8; 16]) -> Result<Option<ConversionRecord>, StoreError> {
-    let sql = format!("SELECT {COLUMNS} FROM conversions WHERE conversion_id = ?1");
-    conn.prepare_cached(&sql)?
+    conn.prepare_cached(SELECT_BY_ID)?
         .query_row([&id[..]], |r| Ok(from_row(r)))
         .optional()?
         .transpose()
@@ -189,8 +229,7 @@ pub fn select_by_order(
     reporter: &str,
     order_id: &str,
 ) -> Result<Option<ConversionRecord>, StoreError> {
-    let sql = format!("SELECT {COLUMNS} FROM conversions WHERE reporter = ?1 AND order_id = ?2");
-    conn.prepare_cached(&sql)?
+    conn.prepare_cached(SELECT_BY_ORDER)?
         .query_row([reporter, order_id], |r| Ok(from_row(r)))
         .optional()?
         .transpose()
@@ -214,10 +253,7 @@ pub fn latest_entry_index(
 
 /// Records an update; `seq` must be the next one (see [`updates`]).
 pub fn insert_update(conn: &Connection, u: &UpdateRecord) -> Result<(), StoreError> {
-    let sql = format!(
-        "INSERT INTO conversion_updates ({UPDATE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
-    );
-    conn.prepare_cached(&sql)?.execute(params![
+    conn.prepare_cached(INSERT_UPDATE)?.execute(params![
         &u.conversion_id[..],
         u.seq,
         u.event,
@@ -232,10 +268,7 @@ pub fn insert_update(conn: &Connection, u: &UpdateRecord) -> Result<(), StoreErr
 
 /// Every update of a conversion, oldest first.
 pub fn updates(conn: &Connection, id: &[u8; 16]) -> Result<Vec<UpdateRecord>, StoreError> {
-    let sql = format!(
-        "SELECT {UPDATE_COLUMNS} FROM conversion_updates WHERE conversion_id = ?1 ORDER BY seq"
-    );
-    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut stmt = conn.prepare_cached(SELECT_UPDATES)?;
     let rows = stmt.query_map([&id[..]], |r| Ok(update_from_row(r)))?;
     let mut out = Vec::new();
     for r in rows {
@@ -273,21 +306,7 @@ pub fn landings_in_window(
     from_ms: i64,
     to_ms: i64,
 ) -> Result<Vec<crate::Landing>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT referral_id FROM landings WHERE to_partner = ?1 AND dest_uid = ?2 \
-         AND redeemed_at_ms >= ?3 AND redeemed_at_ms <= ?4 ORDER BY redeemed_at_ms, referral_id",
-    )?;
-    let ids = stmt.query_map(params![to_partner, &dest_uid[..], from_ms, to_ms], |r| {
-        r.get::<_, Vec<u8>>(0)
-    })?;
-    let mut out = Vec::new();
-    for id in ids {
-        let id: [u8; 16] = fixed(id?, "referral_id")?;
-        if let Some(l) = crate::landings::select(conn, &id)? {
-            out.push(l);
-        }
-    }
-    Ok(out)
+    crate::landings::in_window(conn, to_partner, dest_uid, from_ms, to_ms)
 }
 
 // === impl Sqlite ===
@@ -389,7 +408,7 @@ fn fixed<const N: usize>(v: Vec<u8>, what: &str) -> Result<[u8; N], StoreError> 
 }
 
 fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    hex::encode(b)
 }
 
 #[cfg(test)]

@@ -4,20 +4,22 @@
 //! Every write is a closure run inside its own SAVEPOINT of a shared
 //! transaction, so one failing write rolls back alone while its neighbours
 //! commit. The writer takes whatever is queued (up to [`MAX_BATCH`]), runs it
-//! and commits once. An answer always means "durable", and the fsync that
-//! makes it so is pipelined:
+//! and commits once. An answer means "durable" (the one exception,
+//! [`Db::write_unsynced`], is for data rebuilt from durable data), and the
+//! fsync that makes it so is pipelined:
 //!
 //! - the connection runs with `synchronous=NORMAL` in WAL mode, so COMMIT
 //!   appends the batch's frames to the `-wal` file without an fsync (SQLite
 //!   still syncs the WAL before every checkpoint into the main file);
 //! - a syncer thread then fsyncs the `-wal` file (one fsync covers every
-//!   batch committed before it) and only after that answers the callers.
+//!   batch committed before it) and only after that answers the callers
+//!   (of [`Db::write`]; [`Db::write_unsynced`] is answered at the commit).
 //!
 //! While batch N waits for its fsync, the writer already runs batch N+1: the
 //! commit cycle is the longer of "run the batch" and "fsync", not their sum,
 //! and every fsync carries all the batches committed since the last one. A
-//! crash loses only unanswered writes; WAL recovery drops frames after the
-//! last synced commit. Readers can see a committed batch a few milliseconds
+//! crash loses only unanswered and unsynced writes; WAL recovery drops frames
+//! after the last synced commit. Readers can see a committed batch a few milliseconds
 //! before it is durable; anything derived from it that must be durable (a
 //! signed checkpoint, say) is published only after its own write is answered,
 //! which, being later in the WAL, implies the earlier batch is durable too.
@@ -48,7 +50,15 @@ pub struct Migration {
 }
 
 type Completion = Box<dyn FnOnce(Option<&StoreError>) + Send>;
-type Job = Box<dyn FnOnce(&Connection) -> (bool, Completion) + Send>;
+type Job = Box<dyn FnOnce(&Connection) -> (bool, Answer) + Send>;
+
+/// When a write's caller is answered.
+enum Answer {
+    /// After the fsync that makes the write durable.
+    Durable(Completion),
+    /// As soon as its batch commits ([`Db::write_unsynced`]).
+    Committed(Completion),
+}
 
 /// A committed batch on its way to the syncer.
 struct Committed {
@@ -66,7 +76,8 @@ pub struct WriterStats {
     pub writes: u64,
     /// fsyncs of the WAL (each covers one or more commits).
     pub syncs: u64,
-    /// Time from a batch's BEGIN to its callers being answered, last batch.
+    /// Time from the syncer taking a batch to its callers being answered,
+    /// last fsynced batch.
     pub last_commit_micros: u64,
 }
 
@@ -168,6 +179,29 @@ impl Db {
         R: Send + 'static,
         F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
     {
+        self.enqueue(f, true).await
+    }
+
+    /// Like [`Db::write`], but answered as soon as the batch commits, before
+    /// its fsync: the write is visible to readers at once and becomes durable
+    /// with the next fsync (any later [`Db::write`] waits for one). A crash
+    /// before that loses it, atomically with everything after it. Only for
+    /// data that can be rebuilt from durable data, such as the ledger's tree
+    /// nodes, which the integrator recomputes from the entries after a
+    /// restart.
+    pub async fn write_unsynced<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+    {
+        self.enqueue(f, false).await
+    }
+
+    async fn enqueue<R, F>(&self, f: F, durable: bool) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+    {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |conn| {
             let out = f(conn);
@@ -179,7 +213,11 @@ impl Db {
                 };
                 let _ = tx.send(out);
             });
-            (failed, done)
+            let answer = match durable {
+                true => Answer::Durable(done),
+                false => Answer::Committed(done),
+            };
+            (failed, answer)
         });
         {
             let jobs = self.inner.jobs.lock().map_err(|_| StoreError::Closed)?;
@@ -213,7 +251,8 @@ impl Db {
     }
 
     /// Stops the writer after everything queued so far is committed, synced
-    /// and answered.
+    /// and answered (unsynced writes included: the syncer's last act is an
+    /// fsync).
     pub fn close(&self) {
         self.inner.stop();
     }
@@ -312,9 +351,13 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, synced: mpsc::Sender<C
         }
         let writes = batch.len() as u64;
         let mut done = Vec::with_capacity(batch.len());
-        let result = run_batch(&conn, &mut batch, &mut done);
+        let mut unsynced = Vec::new();
+        let result = run_batch(&conn, &mut batch, &mut done, &mut unsynced);
         if let Err(e) = &result {
             tracing::error!(error = %e, writes, "store commit failed");
+        }
+        for d in unsynced {
+            d(result.as_ref().err());
         }
         if synced
             .send(Committed {
@@ -333,13 +376,19 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, synced: mpsc::Sender<C
 /// serves every batch that committed while the previous one ran.
 fn syncer_loop(path: &Path, rx: mpsc::Receiver<Committed>, stats: Arc<Mutex<WriterStats>>) {
     let mut pending: Vec<Committed> = Vec::new();
+    // Commits of unsynced writes since the last fsync.
+    let mut unsynced = false;
     while let Ok(first) = rx.recv() {
         let started = Instant::now();
         pending.push(first);
         while let Ok(more) = rx.try_recv() {
             pending.push(more);
         }
-        let synced = if pending.iter().any(|c| c.result.is_ok()) {
+        // Batches of unsynced writes only wait for the next fsync.
+        let sync = pending
+            .iter()
+            .any(|c| c.result.is_ok() && !c.done.is_empty());
+        let synced = if sync {
             let r = sync_wal(path);
             if let Err(e) = &r {
                 tracing::error!(error = %e, "store fsync failed");
@@ -348,20 +397,28 @@ fn syncer_loop(path: &Path, rx: mpsc::Receiver<Committed>, stats: Arc<Mutex<Writ
         } else {
             None
         };
-        let (commits, mut writes) = (pending.len() as u64, 0);
+        let synced_ok = sync && synced.is_none();
+        unsynced = !synced_ok && (unsynced || pending.iter().any(|c| c.result.is_ok()));
+        // Counted before answering, so a caller answered after its fsync
+        // sees its commit counted (unsynced writes are answered earlier).
+        if let Ok(mut s) = stats.lock() {
+            s.commits += pending.len() as u64;
+            s.writes += pending.iter().map(|c| c.writes).sum::<u64>();
+            s.syncs += u64::from(sync);
+            if sync {
+                s.last_commit_micros = started.elapsed().as_micros() as u64;
+            }
+        }
         for c in pending.drain(..) {
-            writes += c.writes;
             let err = c.result.err().or_else(|| synced.clone());
             for d in c.done {
                 d(err.as_ref());
             }
         }
-        if let Ok(mut s) = stats.lock() {
-            s.commits += commits;
-            s.writes += writes;
-            s.syncs += 1;
-            s.last_commit_micros = started.elapsed().as_micros() as u64;
-        }
+    }
+    // Closing: unsynced writes become durable too.
+    if unsynced && let Err(e) = sync_wal(path) {
+        tracing::error!(error = %e, "store fsync failed");
     }
 }
 
@@ -381,10 +438,13 @@ fn sync_wal(db: &Path) -> Result<(), StoreError> {
     file.sync_data().map_err(|e| StoreError::io(&wal, e))
 }
 
+/// Runs and commits `batch`, filing each write's answer under `durable`
+/// (answered after the fsync) or `committed` (answered after the commit).
 fn run_batch(
     conn: &Connection,
     batch: &mut Vec<Job>,
-    done: &mut Vec<Completion>,
+    durable: &mut Vec<Completion>,
+    committed: &mut Vec<Completion>,
 ) -> Result<(), StoreError> {
     let begun = conn.execute_batch("BEGIN IMMEDIATE");
     if let Err(e) = begun {
@@ -399,8 +459,11 @@ fn run_batch(
             let _ = conn.execute_batch("ROLLBACK");
             return Err(e.into());
         }
-        let (failed, completion) = job(conn);
-        done.push(completion);
+        let (failed, answer) = job(conn);
+        match answer {
+            Answer::Durable(d) => durable.push(d),
+            Answer::Committed(d) => committed.push(d),
+        }
         let end = if failed {
             exec("ROLLBACK TO w").and_then(|_| exec("RELEASE w"))
         } else {

@@ -102,9 +102,24 @@ impl LandingStore for Sqlite {
 const INSERT: &str = "INSERT INTO landings (referral_id, agreement_id, from_partner, to_partner, \
     chain, hop, parent_id, target, origin, origin_uid, dest_uid, issued_at_ms, expires_at_ms, \
     redeemed_at_ms, tag_access) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
-const SELECT: &str = "SELECT referral_id, agreement_id, from_partner, to_partner, chain, hop, \
-    parent_id, target, origin, origin_uid, dest_uid, issued_at_ms, expires_at_ms, redeemed_at_ms, \
-    tag_access FROM landings WHERE referral_id = ?1";
+/// The columns [`from_row`] reads, in its order.
+macro_rules! columns {
+    () => {
+        "referral_id, agreement_id, from_partner, to_partner, chain, hop, parent_id, target, \
+         origin, origin_uid, dest_uid, issued_at_ms, expires_at_ms, redeemed_at_ms, tag_access"
+    };
+}
+const SELECT: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM landings WHERE referral_id = ?1"
+);
+const IN_WINDOW: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM landings WHERE to_partner = ?1 AND dest_uid = ?2 \
+     AND redeemed_at_ms >= ?3 AND redeemed_at_ms <= ?4 ORDER BY redeemed_at_ms"
+);
 
 fn insert(conn: &Connection, l: &Landing) -> Result<(), StoreError> {
     conn.prepare_cached(INSERT)?.execute(params![
@@ -136,7 +151,28 @@ pub fn select(conn: &Connection, referral_id: &[u8; 16]) -> Result<Option<Landin
     row.transpose()
 }
 
-/// Decodes a row selected with the columns of [`SELECT`] in order.
+/// Landings of `dest_uid` at `to_partner` redeemed in `[from_ms, to_ms]`,
+/// oldest first (ties by referral id), in one query.
+pub fn in_window(
+    conn: &Connection,
+    to_partner: &str,
+    dest_uid: &[u8; 32],
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<Vec<Landing>, StoreError> {
+    let mut stmt = conn.prepare_cached(IN_WINDOW)?;
+    let mut rows = stmt.query(params![to_partner, &dest_uid[..], from_ms, to_ms])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(from_row(r)?);
+    }
+    // `landings_by_dest` yields them by time; ties by referral id here, not
+    // in the ORDER BY, which would make SQLite sort every result itself.
+    out.sort_by_key(|l| (l.redeemed_at_ms, l.referral_id));
+    Ok(out)
+}
+
+/// Decodes a row selected with the columns of `columns!()` in order.
 fn from_row(r: &Row<'_>) -> Result<Landing, StoreError> {
     let chain: String = r.get(4)?;
     Ok(Landing {

@@ -170,8 +170,9 @@ pub struct Integration {
     /// [`stored_level`] keeps are persisted (level 0 is the entries' leaf
     /// hashes).
     pub nodes: Vec<(u8, u64, Hash)>,
-    /// `(partner, index)` pairs, packed into one party block per partner.
-    pub parties: Vec<(String, u64)>,
+    /// Each integrated entry's index and parties, packed into one party
+    /// block per partner.
+    pub parties: Vec<(u64, Arc<[String]>)>,
     pub checkpoint: Option<StoredCheckpoint>,
 }
 
@@ -179,7 +180,8 @@ pub struct Integration {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Leaf {
     pub hash: Hash,
-    pub parties: Vec<String>,
+    /// Sorted and deduplicated; shared with the writer's hand-off.
+    pub parties: Arc<[String]>,
 }
 
 /// Storage of the ledger, read side and integration.
@@ -220,7 +222,11 @@ pub trait LedgerStore: Send + Sync + 'static {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<Leaf>, StoreError>> + Send;
 
-    /// Persists one integration step atomically and durably.
+    /// Persists one integration step atomically; durably if it carries a
+    /// checkpoint. A step without one may be lost in a crash, together with
+    /// every later step: the tree is derived from the durable entries, and
+    /// the integrator recomputes it from them on restart. A checkpoint's
+    /// step, written after them, makes every earlier step durable too.
     fn integrate(&self, step: Integration) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     fn latest_checkpoint(
@@ -325,37 +331,75 @@ pub fn sequence(
 }
 
 /// Appends a prepared entry as the next log entry, inside the caller's write
-/// closure: one row insert, no hashing.
+/// closure: one row insert, no hashing. To append many in one closure,
+/// [`Appender`] keeps the statement between them.
 pub fn append(conn: &Connection, entry: &Prepared, now_ms: i64) -> Result<Sequenced, StoreError> {
-    // SQLite gives a NULL INTEGER PRIMARY KEY the largest rowid plus one, by
-    // seeking the table's last cell; that is the next index, and the single
-    // writer serialises savepoints, so indexes are dense: a rolled back write
-    // frees its index for the next one. (An explicit `MAX(idx) + 1` costs a
-    // second seek and a subquery per entry: a third of the append.) The one
-    // exception is the empty table, where SQLite starts at 1 and the log at 0.
-    conn.prepare_cached(
-        "INSERT INTO ledger_entries (bytes, leaf_hash, parties, recorded_at_ms)
-         VALUES (?1, ?2, ?3, ?4)",
-    )?
-    .execute(params![entry.bytes, &entry.leaf[..], entry.parties, now_ms])?;
-    let mut index = conn.last_insert_rowid();
-    if index == 1 {
-        let first: bool = conn
-            .prepare_cached("SELECT NOT EXISTS (SELECT 1 FROM ledger_entries WHERE idx = 0)")?
-            .query_row([], |r| r.get(0))?;
-        if first {
-            conn.prepare_cached("UPDATE ledger_entries SET idx = 0 WHERE idx = 1")?
-                .execute([])?;
-            index = 0;
-        }
+    Appender::new(conn)?.append(entry, now_ms)
+}
+
+/// Appends prepared entries in one write closure, with the insert statement
+/// and the writer's hand-off looked up once rather than per entry.
+pub struct Appender<'c> {
+    conn: &'c Connection,
+    insert: rusqlite::CachedStatement<'c>,
+    handoff: Option<Arc<Handoff>>,
+}
+
+impl std::fmt::Debug for Appender<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Appender")
+            .field("handoff", &self.handoff.is_some())
+            .finish_non_exhaustive()
     }
-    let index =
-        u64::try_from(index).map_err(|_| StoreError::Corrupt("negative ledger index".into()))?;
-    Handoff::push_from_writer(index, entry.leaf, &entry.party_list);
-    Ok(Sequenced {
-        index,
-        leaf_hash: entry.leaf,
-    })
+}
+
+// === impl Appender ===
+
+impl<'c> Appender<'c> {
+    pub fn new(conn: &'c Connection) -> Result<Appender<'c>, StoreError> {
+        Ok(Appender {
+            conn,
+            insert: conn.prepare_cached(
+                "INSERT INTO ledger_entries (bytes, leaf_hash, parties, recorded_at_ms)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?,
+            handoff: Handoff::of_this_writer(),
+        })
+    }
+
+    /// Appends `entry` as the next log entry.
+    pub fn append(&mut self, entry: &Prepared, now_ms: i64) -> Result<Sequenced, StoreError> {
+        // SQLite gives a NULL INTEGER PRIMARY KEY the largest rowid plus one,
+        // by seeking the table's last cell; that is the next index, and the
+        // single writer serialises savepoints, so indexes are dense: a rolled
+        // back write frees its index for the next one. (An explicit
+        // `MAX(idx) + 1` costs a second seek and a subquery per entry: a third
+        // of the append.) The one exception is the empty table, where SQLite
+        // starts at 1 and the log at 0.
+        self.insert
+            .execute(params![entry.bytes, &entry.leaf[..], entry.parties, now_ms])?;
+        let conn = self.conn;
+        let mut index = conn.last_insert_rowid();
+        if index == 1 {
+            let first: bool = conn
+                .prepare_cached("SELECT NOT EXISTS (SELECT 1 FROM ledger_entries WHERE idx = 0)")?
+                .query_row([], |r| r.get(0))?;
+            if first {
+                conn.prepare_cached("UPDATE ledger_entries SET idx = 0 WHERE idx = 1")?
+                    .execute([])?;
+                index = 0;
+            }
+        }
+        let index = u64::try_from(index)
+            .map_err(|_| StoreError::Corrupt("negative ledger index".into()))?;
+        if let Some(h) = &self.handoff {
+            h.push(index, entry.leaf, &entry.party_list);
+        }
+        Ok(Sequenced {
+            index,
+            leaf_hash: entry.leaf,
+        })
+    }
 }
 
 // === the writer's hand-off to the integrator ===
@@ -396,28 +440,28 @@ impl Handoff {
         WRITER_HANDOFF.with(|h| *h.borrow_mut() = Some(handoff));
     }
 
-    fn push_from_writer(index: u64, hash: Hash, parties: &Arc<[String]>) {
-        WRITER_HANDOFF.with(|h| {
-            let Some(h) = h.borrow().as_ref().cloned() else {
-                return;
-            };
-            let Ok(mut leaves) = h.leaves.lock() else {
-                return;
-            };
-            // An index at or below the newest held one means writes rolled
-            // back: their leaves go.
-            while leaves.back().is_some_and(|(i, ..)| *i >= index) {
-                leaves.pop_back();
-            }
-            // Only a run of consecutive indexes is useful.
-            if leaves.back().is_some_and(|(i, ..)| *i + 1 != index) {
-                leaves.clear();
-            }
-            leaves.push_back((index, hash, parties.clone()));
-            if leaves.len() > HANDOFF_MAX {
-                leaves.pop_front();
-            }
-        });
+    /// The hand-off this thread feeds, if it is a database's writer.
+    fn of_this_writer() -> Option<Arc<Handoff>> {
+        WRITER_HANDOFF.with(|h| h.borrow().clone())
+    }
+
+    fn push(&self, index: u64, hash: Hash, parties: &Arc<[String]>) {
+        let Ok(mut leaves) = self.leaves.lock() else {
+            return;
+        };
+        // An index at or below the newest held one means writes rolled
+        // back: their leaves go.
+        while leaves.back().is_some_and(|(i, ..)| *i >= index) {
+            leaves.pop_back();
+        }
+        // Only a run of consecutive indexes is useful.
+        if leaves.back().is_some_and(|(i, ..)| *i + 1 != index) {
+            leaves.clear();
+        }
+        leaves.push_back((index, hash, parties.clone()));
+        if leaves.len() > HANDOFF_MAX {
+            leaves.pop_front();
+        }
     }
 
     /// Leaves `[from, to)`, if every one is held; `to` must not exceed the
@@ -438,7 +482,7 @@ impl Handoff {
                 .range(start..end)
                 .map(|(_, hash, parties)| Leaf {
                     hash: *hash,
-                    parties: parties.to_vec(),
+                    parties: parties.clone(),
                 })
                 .collect()
         });
@@ -733,7 +777,7 @@ pub fn leaves(conn: &Connection, from: u64, limit: usize) -> Result<Vec<Leaf>, S
         }
         out.push(Leaf {
             hash: fixed(r.get::<_, Vec<u8>>(1)?, "leaf_hash")?,
-            parties: split_parties(&r.get::<_, String>(2)?),
+            parties: split_parties(&r.get::<_, String>(2)?).into(),
         });
     }
     Ok(out)
@@ -787,8 +831,10 @@ pub fn integrate(conn: &Connection, step: &Integration) -> Result<(), StoreError
         &values,
     )?;
     let mut by_partner: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
-    for (partner, index) in &step.parties {
-        by_partner.entry(partner).or_default().push(*index);
+    for (index, parties) in &step.parties {
+        for partner in parties.iter() {
+            by_partner.entry(partner).or_default().push(*index);
+        }
     }
     let mut block = conn.prepare_cached(
         "INSERT INTO ledger_party_blocks (partner, first_idx, last_idx, gaps) VALUES (?1, ?2, ?3, ?4)",
@@ -937,7 +983,10 @@ impl LedgerStore for Sqlite {
     }
 
     async fn integrate(&self, step: Integration) -> Result<(), StoreError> {
-        self.db.write(move |c| integrate(c, &step)).await
+        match step.checkpoint {
+            Some(_) => self.db.write(move |c| integrate(c, &step)).await,
+            None => self.db.write_unsynced(move |c| integrate(c, &step)).await,
+        }
     }
 
     async fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError> {

@@ -62,6 +62,7 @@ pub const MIGRATIONS: &[Migration] = &[
     tags::MIGRATION,
     periods::MIGRATION,
     ledger::MIGRATION_COMPACT,
+    conversions::MIGRATION_NO_HELD_INDEX,
 ];
 
 /// The SQLite implementation of every storage trait.

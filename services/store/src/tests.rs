@@ -106,3 +106,52 @@ async fn concurrent_writes_group_commit_and_a_failure_rolls_back_alone() {
     let stats = s.db().stats();
     assert!(stats.commits < 500, "writes were not grouped: {stats:?}");
 }
+
+#[tokio::test]
+async fn unsynced_writes_are_visible_at_once_and_wait_for_no_fsync() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(
+        dir.path(),
+        &[Migration {
+            name: "t",
+            sql: "CREATE TABLE t (n INTEGER NOT NULL) STRICT;",
+        }],
+    )
+    .unwrap();
+    let before = db.stats();
+    for n in 0..3 {
+        db.write_unsynced(move |c| Ok(c.execute("INSERT INTO t (n) VALUES (?1)", [n])?))
+            .await
+            .unwrap();
+        let seen: i64 = db
+            .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))?))
+            .await
+            .unwrap();
+        assert_eq!(seen, n + 1);
+    }
+    // A failing unsynced write rolls back alone, like any write.
+    let failed = db
+        .write_unsynced(|c| {
+            c.execute("INSERT INTO t (n) VALUES (99)", [])?;
+            Err::<(), _>(StoreError::Corrupt("no".into()))
+        })
+        .await;
+    assert!(failed.is_err());
+    db.write(|c| Ok(c.execute("INSERT INTO t (n) VALUES (3)", [])?))
+        .await
+        .unwrap();
+    let after = db.stats();
+    // Five commits, and only the durable write's batch waited for an fsync.
+    assert_eq!(after.commits - before.commits, 5);
+    assert_eq!(after.syncs - before.syncs, 1);
+    let all: Vec<i64> = db
+        .read(|c| {
+            let mut st = c.prepare("SELECT n FROM t ORDER BY n")?;
+            let v = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+            Ok(v)
+        })
+        .await
+        .unwrap();
+    assert_eq!(all, vec![0, 1, 2, 3]);
+    db.close();
+}

@@ -45,6 +45,15 @@ fn recomputed(n: u64) -> Frontier {
     f
 }
 
+/// The store in `dir` and its integrator, as the gateway opens them.
+async fn open_log(dir: &std::path::Path) -> (Sqlite, Integrator<Sqlite>) {
+    let s = Sqlite::open(dir).unwrap();
+    let integ = Integrator::open(s.clone(), signer(), ORIGIN.into())
+        .await
+        .unwrap();
+    (s, integ)
+}
+
 async fn drain(i: &mut Integrator<Sqlite>, interval: Duration) {
     while i.step(interval).await.unwrap() > 0 {}
 }
@@ -52,10 +61,7 @@ async fn drain(i: &mut Integrator<Sqlite>, interval: Duration) {
 #[tokio::test]
 async fn tree_after_reopen_equals_tree_from_entries() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Sqlite::open(dir.path()).unwrap();
-    let mut integ = Integrator::open(s.clone(), signer(), ORIGIN.into())
-        .await
-        .unwrap();
+    let (s, mut integ) = open_log(dir.path()).await;
     // The empty log already has a signed checkpoint.
     assert_eq!(integ.ledger().checkpoint().unwrap().size, 0);
 
@@ -71,10 +77,7 @@ async fn tree_after_reopen_equals_tree_from_entries() {
     s.db().close();
     drop(s);
 
-    let s = Sqlite::open(dir.path()).unwrap();
-    let mut integ = Integrator::open(s.clone(), signer(), ORIGIN.into())
-        .await
-        .unwrap();
+    let (s, mut integ) = open_log(dir.path()).await;
     assert_eq!(integ.size(), 20_000);
     assert_eq!(integ.root(), recomputed(20_000).root());
     append(&s, 20_000, 20_003).await;
@@ -115,13 +118,54 @@ async fn tree_after_reopen_equals_tree_from_entries() {
     assert_eq!(report.parties_checked, 20_003 + 20_003u64.div_ceil(3));
 }
 
+/// Steps that sign no checkpoint are not fsynced; a power loss can take
+/// them (whole, and everything after them). What it leaves behind is
+/// recovered from the entries.
+#[tokio::test]
+async fn steps_lost_after_the_last_checkpoint_are_redone_from_the_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, mut integ) = open_log(dir.path()).await;
+    append(&s, 0, 100).await;
+    drain(&mut integ, Duration::ZERO).await;
+    append(&s, 100, 300).await;
+    drain(&mut integ, NEVER).await;
+    assert_eq!(integ.size(), 300);
+    assert_eq!(integ.ledger().checkpoint().unwrap().size, 100);
+    drop(integ);
+    // The state a loss of the unsynced steps leaves: their nodes, party
+    // blocks and tree size gone, the entries and the checkpoint kept.
+    s.db()
+        .write(|c| {
+            c.execute_batch(
+                "DELETE FROM ledger_nodes WHERE ((idx + 1) << level) > 100;
+                 DELETE FROM ledger_party_blocks WHERE first_idx >= 100;
+                 UPDATE ledger_tree SET size = 100 WHERE id = 0;",
+            )?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    s.db().close();
+    drop(s);
+
+    let (s, mut integ) = open_log(dir.path()).await;
+    assert_eq!(integ.size(), 100);
+    drain(&mut integ, Duration::ZERO).await;
+    assert_eq!(integ.size(), 300);
+    assert_eq!(integ.root(), recomputed(300).root());
+    let verifier = signer().verifier();
+    let report = s
+        .db()
+        .read_blocking(|c| fsck(c, Some(&verifier), Some(ORIGIN)))
+        .unwrap();
+    assert!(report.ok(), "{report:?}");
+    assert_eq!(report.parties_checked, 300 + 300u64.div_ceil(3));
+}
+
 #[tokio::test]
 async fn receipts_verify_for_every_position() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Sqlite::open(dir.path()).unwrap();
-    let mut integ = Integrator::open(s.clone(), signer(), ORIGIN.into())
-        .await
-        .unwrap();
+    let (s, mut integ) = open_log(dir.path()).await;
     append(&s, 0, 37).await;
     drain(&mut integ, Duration::ZERO).await;
     let ledger = integ.ledger();
@@ -140,10 +184,7 @@ async fn receipts_verify_for_every_position() {
 #[tokio::test]
 async fn checkpoints_follow_the_interval() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Sqlite::open(dir.path()).unwrap();
-    let mut integ = Integrator::open(s.clone(), signer(), ORIGIN.into())
-        .await
-        .unwrap();
+    let (s, mut integ) = open_log(dir.path()).await;
     let ledger = integ.ledger();
     // Nothing new: no checkpoint, however small the interval.
     assert_eq!(integ.step(Duration::ZERO).await.unwrap(), 0);
@@ -178,10 +219,7 @@ async fn checkpoints_follow_the_interval() {
 #[tokio::test]
 async fn receipt_waits_for_the_next_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Sqlite::open(dir.path()).unwrap();
-    let integ = Integrator::open(s.clone(), signer(), ORIGIN.into())
-        .await
-        .unwrap();
+    let (s, integ) = open_log(dir.path()).await;
     let ledger = integ.ledger();
     let handle = integ.spawn(|| Duration::from_millis(20));
     append(&s, 0, 3).await;
@@ -196,10 +234,7 @@ async fn receipt_waits_for_the_next_checkpoint() {
 #[tokio::test]
 async fn parties_see_only_their_entries() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Sqlite::open(dir.path()).unwrap();
-    let mut integ = Integrator::open(s.clone(), signer(), ORIGIN.into())
-        .await
-        .unwrap();
+    let (s, mut integ) = open_log(dir.path()).await;
     append(&s, 0, 10).await;
     drain(&mut integ, Duration::ZERO).await;
     let ledger = integ.ledger();
@@ -248,10 +283,7 @@ async fn parties_see_only_their_entries() {
 #[tokio::test]
 async fn bad_requests_name_their_field() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Sqlite::open(dir.path()).unwrap();
-    let mut integ = Integrator::open(s.clone(), signer(), ORIGIN.into())
-        .await
-        .unwrap();
+    let (s, mut integ) = open_log(dir.path()).await;
     append(&s, 0, 4).await;
     drain(&mut integ, Duration::ZERO).await;
     let ledger = integ.ledger();
@@ -301,10 +333,7 @@ async fn bad_requests_name_their_field() {
 #[tokio::test]
 async fn refuses_to_sign_over_a_tampered_tree() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Sqlite::open(dir.path()).unwrap();
-    let mut integ = Integrator::open(s.clone(), signer(), ORIGIN.into())
-        .await
-        .unwrap();
+    let (s, mut integ) = open_log(dir.path()).await;
     append(&s, 0, 8).await;
     drain(&mut integ, Duration::ZERO).await;
     drop(integ);
@@ -349,10 +378,7 @@ async fn refuses_to_sign_over_a_tampered_tree() {
 #[tokio::test]
 async fn fsck_finds_rewritten_entries() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Sqlite::open(dir.path()).unwrap();
-    let mut integ = Integrator::open(s.clone(), signer(), ORIGIN.into())
-        .await
-        .unwrap();
+    let (s, mut integ) = open_log(dir.path()).await;
     append(&s, 0, 5).await;
     drain(&mut integ, Duration::ZERO).await;
     s.db()
@@ -380,10 +406,7 @@ async fn fsck_finds_rewritten_entries() {
 #[tokio::test]
 async fn fsck_checks_the_party_index() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Sqlite::open(dir.path()).unwrap();
-    let mut integ = Integrator::open(s.clone(), signer(), ORIGIN.into())
-        .await
-        .unwrap();
+    let (s, mut integ) = open_log(dir.path()).await;
     append(&s, 0, 10).await;
     drain(&mut integ, Duration::ZERO).await;
     append(&s, 10, 20).await;

@@ -91,7 +91,7 @@ async fn the_integrator_gets_appended_leaves_in_memory_but_never_a_rolled_back_o
         got,
         vec![Leaf {
             hash: leaf_hash(b"a"),
-            parties: vec!["x".into(), "y".into()],
+            parties: ["x".to_owned(), "y".to_owned()].into(),
         }]
     );
     // Index 1 is reused, and the integrator gets the committed entry.
@@ -104,12 +104,12 @@ async fn the_integrator_gets_appended_leaves_in_memory_but_never_a_rolled_back_o
         got,
         vec![Leaf {
             hash: leaf_hash(b"b"),
-            parties: vec!["z".into()],
+            parties: ["z".to_owned()].into(),
         }]
     );
     // Asked again (a failed integration step), it reads the store.
     let again = s.leaves(1, 10).await.unwrap();
-    assert_eq!(again[0].parties, vec!["z"]);
+    assert_eq!(*again[0].parties, ["z"]);
 }
 
 #[tokio::test]
@@ -128,7 +128,7 @@ async fn integration_persists_nodes_parties_and_checkpoints() {
         .unwrap();
     let leaves = s.leaves(0, 1000).await.unwrap();
     assert_eq!(leaves.len() as u64, n);
-    assert_eq!(leaves[3].parties, vec!["all", "odd"]);
+    assert_eq!(*leaves[3].parties, ["all", "odd"]);
     assert_eq!(s.leaves(n - 2, 10).await.unwrap().len(), 2);
 
     // Every complete subtree of the real tree, as a frontier would emit
@@ -142,7 +142,7 @@ async fn integration_persists_nodes_parties_and_checkpoints() {
     let parties = leaves
         .iter()
         .enumerate()
-        .flat_map(|(i, l)| l.parties.iter().map(move |p| (p.clone(), i as u64)))
+        .map(|(i, l)| (i as u64, l.parties.clone()))
         .collect();
     let checkpoint = StoredCheckpoint {
         size: n,
@@ -342,11 +342,46 @@ async fn compact_migration_converts_the_old_layout() {
     s.integrate(Integration {
         size: n + 1,
         nodes: Vec::new(),
-        parties: vec![("three".into(), n)],
+        parties: vec![(n, ["three".to_owned()].into())],
         checkpoint: None,
     })
     .await
     .unwrap();
     let last = s.entries(Some("three".into()), 298, 10).await.unwrap();
     assert_eq!(last.iter().map(|e| e.index).collect::<Vec<_>>(), vec![n]);
+}
+
+#[tokio::test]
+async fn only_integration_steps_that_sign_a_checkpoint_wait_for_an_fsync() {
+    let (_dir, s) = open();
+    s.db()
+        .write(|c| sequence(c, b"a", &["x"], 0))
+        .await
+        .unwrap();
+    let before = s.db().stats();
+    s.integrate(Integration {
+        size: 1,
+        nodes: Vec::new(),
+        parties: vec![(0, ["x".to_owned()].into())],
+        checkpoint: None,
+    })
+    .await
+    .unwrap();
+    // Visible at once, without an fsync.
+    assert_eq!(s.tree_size().await.unwrap(), 1);
+    assert_eq!(s.db().stats().syncs, before.syncs);
+    s.integrate(Integration {
+        size: 1,
+        nodes: Vec::new(),
+        parties: Vec::new(),
+        checkpoint: Some(StoredCheckpoint {
+            size: 1,
+            root: leaf_hash(b"a"),
+            note: "note\n".into(),
+            signed_at_ms: 1,
+        }),
+    })
+    .await
+    .unwrap();
+    assert_eq!(s.db().stats().syncs, before.syncs + 1);
 }
