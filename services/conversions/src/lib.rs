@@ -716,7 +716,7 @@ fn candidates(conn: &Connection, x: &ReportCtx) -> Result<Vec<Candidate>, Conver
         .map(|a| secs_to_ms(a.attribution_window_secs))
         .max()
         .unwrap_or(0);
-    let landings = rows::landings_in_window(
+    let landings = crossflow_store::landings::in_window(
         conn,
         &x.caller,
         &x.uid,

@@ -399,7 +399,6 @@ pub async fn ledger(ctx: &Ctx<'_>, book: &Book, r: &mut Report) -> Result<(), Bo
     Ok(())
 }
 
-/// Reads back this cycle's acknowledged writes through the API.
 /// GetConversion of `order_id` as party `by`.
 async fn conversion(
     ctx: &Ctx<'_>,
@@ -415,6 +414,7 @@ async fn conversion(
         .await
 }
 
+/// Reads back this cycle's acknowledged writes through the API.
 pub async fn read_back(
     ctx: &Ctx<'_>,
     book: &Book,

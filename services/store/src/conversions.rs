@@ -209,7 +209,7 @@ pub fn update_state(conn: &Connection, c: &ConversionRecord) -> Result<(), Store
     if n != 1 {
         return Err(StoreError::Corrupt(format!(
             "conversion {} vanished during an update",
-            hex(&c.conversion_id)
+            hex::encode(c.conversion_id)
         )));
     }
     Ok(())
@@ -295,18 +295,6 @@ pub fn count_landings(
             r.get(0)
         })?;
     to_u64(n)
-}
-
-/// Landings of `dest_uid` at `to_partner` redeemed in `[from_ms, to_ms]`,
-/// oldest first (ties by referral id): attribution's candidate touches.
-pub fn landings_in_window(
-    conn: &Connection,
-    to_partner: &str,
-    dest_uid: &[u8; 32],
-    from_ms: i64,
-    to_ms: i64,
-) -> Result<Vec<crate::Landing>, StoreError> {
-    crate::landings::in_window(conn, to_partner, dest_uid, from_ms, to_ms)
 }
 
 // === impl Sqlite ===
@@ -405,10 +393,6 @@ fn fixed<const N: usize>(v: Vec<u8>, what: &str) -> Result<[u8; N], StoreError> 
     v.try_into().map_err(|v: Vec<u8>| {
         StoreError::Corrupt(format!("{what} has {} bytes, want {N}", v.len()))
     })
-}
-
-fn hex(b: &[u8]) -> String {
-    hex::encode(b)
 }
 
 #[cfg(test)]

@@ -99,16 +99,18 @@ impl LandingStore for Sqlite {
 }
 
 // Literal SQL (not format!): prepare_cached hashes the text on every call.
-const INSERT: &str = "INSERT INTO landings (referral_id, agreement_id, from_partner, to_partner, \
-    chain, hop, parent_id, target, origin, origin_uid, dest_uid, issued_at_ms, expires_at_ms, \
-    redeemed_at_ms, tag_access) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
-/// The columns [`from_row`] reads, in its order.
+/// The columns [`insert`] binds and [`from_row`] reads, in their order.
 macro_rules! columns {
     () => {
         "referral_id, agreement_id, from_partner, to_partner, chain, hop, parent_id, target, \
          origin, origin_uid, dest_uid, issued_at_ms, expires_at_ms, redeemed_at_ms, tag_access"
     };
 }
+const INSERT: &str = concat!(
+    "INSERT INTO landings (",
+    columns!(),
+    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+);
 const SELECT: &str = concat!(
     "SELECT ",
     columns!(),

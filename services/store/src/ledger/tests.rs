@@ -6,6 +6,21 @@ fn open() -> (tempfile::TempDir, Sqlite) {
     (dir, s)
 }
 
+/// Runs `f` in a domain write that then fails, so all it did rolls back.
+async fn rolled_back<R>(
+    s: &Sqlite,
+    f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+) {
+    let failed = s
+        .db()
+        .write(move |c| {
+            f(c)?;
+            Err::<(), _>(StoreError::Corrupt("domain check failed".into()))
+        })
+        .await;
+    assert!(failed.is_err());
+}
+
 #[tokio::test]
 async fn indexes_are_dense_and_a_rollback_frees_its_index() {
     let (_dir, s) = open();
@@ -17,14 +32,7 @@ async fn indexes_are_dense_and_a_rollback_frees_its_index() {
     assert_eq!(a.index, 0);
     assert_eq!(a.leaf_hash, leaf_hash(b"first"));
     // A domain write that fails after sequencing takes its entry with it.
-    let failed = s
-        .db()
-        .write(|c| {
-            sequence(c, b"doomed", &["a"], 2)?;
-            Err::<(), _>(StoreError::Corrupt("domain check failed".into()))
-        })
-        .await;
-    assert!(failed.is_err());
+    rolled_back(&s, |c| sequence(c, b"doomed", &["a"], 2)).await;
     let b = s
         .db()
         .write(|c| sequence(c, b"second", &["b", "a", "b"], 3))
@@ -44,15 +52,12 @@ async fn indexes_are_dense_and_a_rollback_frees_its_index() {
 #[tokio::test]
 async fn the_log_starts_at_zero_even_after_a_rolled_back_first_entry() {
     let (_dir, s) = open();
-    let failed = s
-        .db()
-        .write(|c| {
-            let first = sequence(c, b"doomed", &["a"], 1)?;
-            assert_eq!(first.index, 0);
-            Err::<(), _>(StoreError::Corrupt("domain check failed".into()))
-        })
-        .await;
-    assert!(failed.is_err());
+    rolled_back(&s, |c| {
+        let first = sequence(c, b"doomed", &["a"], 1)?;
+        assert_eq!(first.index, 0);
+        Ok(())
+    })
+    .await;
     let p = Prepared::new(b"first".to_vec(), &["a", "b"]).unwrap();
     assert_eq!(p.leaf_hash(), leaf_hash(b"first"));
     let seq = s
@@ -73,14 +78,7 @@ async fn the_integrator_gets_appended_leaves_in_memory_but_never_a_rolled_back_o
         .await
         .unwrap();
     // A rolled-back append leaves its leaf behind in memory, at index 1.
-    let failed = s
-        .db()
-        .write(|c| {
-            sequence(c, b"phantom", &["x"], 2)?;
-            Err::<(), _>(StoreError::Corrupt("domain check failed".into()))
-        })
-        .await;
-    assert!(failed.is_err());
+    rolled_back(&s, |c| sequence(c, b"phantom", &["x"], 2)).await;
     // Served from memory: the stored hash is made wrong behind its back.
     s.db()
         .write(|c| Ok(c.execute("UPDATE ledger_entries SET leaf_hash = zeroblob(32)", [])?))
