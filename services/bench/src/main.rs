@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 mod conversions;
+mod cpu;
 mod echo;
 mod ledger;
 mod load;
@@ -245,9 +246,14 @@ fn main() -> Result<(), BoxError> {
         for &spec in &specs {
             let built = client_rt.block_on((spec.build)(&env))?;
             let before = gateway.store.db().stats();
+            let cpu_before = cpu::CpuTimes::sample();
             let outcome = client_rt.block_on(load::drive(built.scenario, plan))?;
+            let cpu = cpu::CpuTimes::sample().zip(cpu_before).and_then(|(a, b)| {
+                a.per_request(&b, outcome.ok + outcome.errors + outcome.warmup_requests)
+            });
             let after = gateway.store.db().stats();
-            let row = Row::new(round, spec, outcome, built.note, before, after);
+            let mut row = Row::new(round, spec, outcome, built.note, before, after);
+            row.cpu = cpu;
             row.progress();
             rows.push(row);
         }

@@ -3,6 +3,7 @@
 use crossflow_store::WriterStats;
 
 use crate::{
+    cpu::PerRequest,
     load::{Outcome, Stop},
     scenario::{Env, Spec},
 };
@@ -19,6 +20,8 @@ pub struct Row {
     pub commits: u64,
     pub writes: u64,
     pub syncs: u64,
+    /// CPU time per request by thread role, warm-up included.
+    pub cpu: Option<PerRequest>,
 }
 
 // === impl Row ===
@@ -40,6 +43,7 @@ impl Row {
             commits: after.commits.saturating_sub(before.commits),
             writes: after.writes.saturating_sub(before.writes),
             syncs: after.syncs.saturating_sub(before.syncs),
+            cpu: None,
         }
     }
 
@@ -205,6 +209,9 @@ pub fn table(rows: &[Row]) {
                 r.writes as f64 / r.syncs.max(1) as f64
             );
         }
+        if let Some(c) = &r.cpu {
+            println!("{tag}: {}", cpu_line(c));
+        }
         if let Some(e) = &r.outcome.first_error {
             println!("{tag}: first error: {e}");
         }
@@ -215,6 +222,28 @@ pub fn table(rows: &[Row]) {
             );
         }
     }
+}
+
+/// Where a request's CPU time went, and what that allows on 2 cores that
+/// run only the server (both are upper bounds: they assume the time scales
+/// linearly and the cores are never idle).
+fn cpu_line(c: &PerRequest) -> String {
+    let side = c.server_side_us();
+    let mut s = format!(
+        "CPU per request, warm-up included: server runtime {:.1} µs + store writer {:.1} µs + other store threads {:.1} µs = {side:.1} µs server side; load generator {:.1} µs",
+        c.server_us, c.writer_us, c.store_us, c.client_us
+    );
+    if side > 0.0 {
+        s += &format!(
+            "; 2 cores running only the server: at most {:.0} req/s",
+            2e6 / side
+        );
+    }
+    // Scenarios that write nothing still wake the writer now and then.
+    if c.writer_us >= 1.0 {
+        s += &format!(", the one writer thread at most {:.0}", 1e6 / c.writer_us);
+    }
+    s
 }
 
 fn print_lines(lines: &[Line]) {

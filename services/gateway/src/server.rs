@@ -3,6 +3,7 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use crate::coalesce::Coalesced;
 use crossflow_api::clock::{Clock, SharedClock, SystemClock};
 use crossflow_conversions::Conversions;
 use crossflow_identity::KeyRing;
@@ -147,15 +148,16 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>, ServeError> {
 
 /// Accepted connections, with Nagle off: tonic's own `tcp_nodelay` applies
 /// only to listeners it binds itself, and a gRPC answer written as headers
-/// then data would otherwise wait out the peer's delayed ACK (~40 ms).
+/// then data would otherwise wait out the peer's delayed ACK (~40 ms). The
+/// writes of each are [`Coalesced`]: answers ready together leave together.
 pub fn incoming(
     listener: TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+) -> impl tokio_stream::Stream<Item = std::io::Result<Coalesced<tokio::net::TcpStream>>> {
     use tokio_stream::StreamExt as _;
     TcpListenerStream::new(listener).map(|s| {
         let s = s?;
         s.set_nodelay(true)?;
-        Ok(s)
+        Ok(Coalesced::new(s))
     })
 }
 
