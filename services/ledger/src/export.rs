@@ -171,14 +171,11 @@ pub fn export(
     // earlier ones the statement needs.
     let mut all = Vec::new();
     let mut since = 0;
-    'scan: loop {
-        let page = ledger::entries(conn, view.partner(), since, PAGE)?;
+    loop {
+        let page = ledger::entries(conn, view.partner(), since..bounds.anchor_size, PAGE)?;
         let Some(last) = page.last() else { break };
         since = last.index + 1;
         for e in page {
-            if e.index >= bounds.anchor_size {
-                break 'scan;
-            }
             all.push(LoggedEntry::parse(e.index, &e.bytes)?);
         }
     }

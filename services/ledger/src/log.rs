@@ -633,7 +633,16 @@ impl<S: LedgerStore + Clone> Ledger<S> {
     }
 
     /// Up to `page_size` (0: [`DEFAULT_PAGE_SIZE`]) entries from `since` on
-    /// that `caller` may see.
+    /// that `caller` may see, among those the latest signed checkpoint
+    /// covers.
+    ///
+    /// An entry is committed (and its party index written) before the fsync
+    /// that makes it durable; one listed in that window could be lost with
+    /// the machine's power, and its index later given to another entry: a
+    /// partner would hold two versions of one index. A checkpoint is
+    /// published only after its own fsync, which follows its entries in the
+    /// WAL, so everything below its size is durable, and every listed entry
+    /// has a receipt against [`Self::checkpoint`] at once.
     pub async fn list(
         &self,
         caller: &Caller,
@@ -660,7 +669,8 @@ impl<S: LedgerStore + Clone> Ledger<S> {
             Caller::Partner(p) => Some(p.clone()),
             Caller::Operator(_) => None,
         };
-        let entries = self.store.entries(party, since, limit).await?;
+        let below = self.latest.borrow().as_ref().map_or(0, |c| c.size);
+        let entries = self.store.entries(party, since..below, limit).await?;
         let next = match entries.last() {
             Some(last) if entries.len() == limit => Some(last.index + 1),
             _ => None,

@@ -36,6 +36,7 @@ use std::{
     cell::RefCell,
     collections::{BTreeMap, HashMap, VecDeque},
     future::Future,
+    ops::Range,
     sync::{Arc, Mutex},
 };
 
@@ -192,12 +193,12 @@ pub trait LedgerStore: Send + Sync + 'static {
     /// The partners party to entry `index` (empty if there is no such entry).
     fn parties(&self, index: u64) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
 
-    /// Up to `limit` entries with index >= `since`, in index order; only
+    /// Up to `limit` entries with an index in `range`, in index order; only
     /// those `party` is party to, or all when `party` is `None`.
     fn entries(
         &self,
         party: Option<String>,
-        since: u64,
+        range: Range<u64>,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<Entry>, StoreError>> + Send;
 
@@ -533,22 +534,25 @@ pub fn split_parties(joined: &str) -> Vec<String> {
     v
 }
 
-/// Up to `limit` entries from `since` on, optionally only `party`'s (those
-/// are the integrated ones: the party index is written on integration).
+/// Up to `limit` entries with an index in `range`, optionally only
+/// `party`'s (those are the integrated ones: the party index is written on
+/// integration).
 pub fn entries(
     conn: &Connection,
     party: Option<&str>,
-    since: u64,
+    range: Range<u64>,
     limit: usize,
 ) -> Result<Vec<Entry>, StoreError> {
-    let since = i64::try_from(since).unwrap_or(i64::MAX);
+    let since = i64::try_from(range.start).unwrap_or(i64::MAX);
+    let below = i64::try_from(range.end).unwrap_or(i64::MAX);
     let Some(p) = party else {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE idx >= ?1 ORDER BY idx LIMIT ?2"
+            "SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE idx >= ?1 AND idx < ?2 \
+             ORDER BY idx LIMIT ?3"
         ))?;
         let rows = stmt
-            .query_map(params![since, limit], |r| Ok(entry_row(r)))?
+            .query_map(params![since, below, limit], |r| Ok(entry_row(r)))?
             .collect::<Result<Vec<_>, _>>()?;
         return rows.into_iter().collect();
     };
@@ -565,9 +569,13 @@ pub fn entries(
             let Some(r) = rows.next()? else { break };
             let gaps: Vec<u8> = r.get(2)?;
             let block = decode_block(r.get(0)?, r.get(1)?, &gaps)?;
-            let from = block.partition_point(|&i| (i as i64) < since);
-            let take = (limit - wanted.len()).min(block.len() - from);
+            let from = block.partition_point(|&i| i < range.start);
+            let to = block.partition_point(|&i| i < range.end);
+            let take = (limit - wanted.len()).min(to.saturating_sub(from));
             wanted.extend_from_slice(&block[from..from + take]);
+            if to < block.len() {
+                break; // the blocks after this one start at or past the end
+            }
         }
     }
     let mut one = conn.prepare_cached(&format!(
@@ -947,11 +955,11 @@ impl LedgerStore for Sqlite {
     async fn entries(
         &self,
         party: Option<String>,
-        since: u64,
+        range: Range<u64>,
         limit: usize,
     ) -> Result<Vec<Entry>, StoreError> {
         self.db
-            .read(move |c| entries(c, party.as_deref(), since, limit))
+            .read(move |c| entries(c, party.as_deref(), range, limit))
             .await
     }
 

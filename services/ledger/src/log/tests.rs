@@ -217,6 +217,44 @@ async fn checkpoints_follow_the_interval() {
 }
 
 #[tokio::test]
+async fn listing_stops_at_the_latest_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, mut integ) = open_log(dir.path()).await;
+    let ledger = integ.ledger();
+    let (a, ops) = (Caller::Partner("a".into()), Caller::Operator("ops".into()));
+    let listed = |caller: &Caller| {
+        let (ledger, caller) = (ledger.clone(), caller.clone());
+        async move {
+            let page = ledger.list(&caller, 0, 0).await.unwrap();
+            let idx: Vec<u64> = page.entries.iter().map(|e| e.index).collect();
+            (idx, page.next)
+        }
+    };
+    // Sequenced and integrated, but only the empty tree is signed.
+    append(&s, 0, 5).await;
+    assert_eq!(integ.step(NEVER).await.unwrap(), 5);
+    assert_eq!(listed(&ops).await, (vec![], None));
+    assert_eq!(listed(&a).await, (vec![], None));
+    assert_eq!(integ.step(Duration::ZERO).await.unwrap(), 0);
+    assert_eq!(listed(&ops).await, (vec![0, 1, 2, 3, 4], None));
+    assert_eq!(listed(&a).await, (vec![0, 2, 4], None));
+    // Newer entries wait for the checkpoint that covers them.
+    append(&s, 5, 9).await;
+    assert_eq!(integ.step(NEVER).await.unwrap(), 4);
+    assert_eq!(listed(&ops).await.0.len(), 5);
+    assert_eq!(listed(&a).await, (vec![0, 2, 4], None));
+    let page = ledger.list(&a, 5, 0).await.unwrap();
+    assert!(page.entries.is_empty() && page.next.is_none(), "{page:?}");
+    assert_eq!(integ.step(Duration::ZERO).await.unwrap(), 0);
+    assert_eq!(listed(&a).await, (vec![0, 2, 4, 6, 8], None));
+    // Every listed entry has a receipt at once.
+    for e in ledger.list(&ops, 0, 0).await.unwrap().entries {
+        let r = ledger.receipt(&ops, e.index, Duration::ZERO).await.unwrap();
+        verify_receipt(&r.text, &e.bytes, &signer().verifier(), ORIGIN).unwrap();
+    }
+}
+
+#[tokio::test]
 async fn receipt_waits_for_the_next_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let (s, integ) = open_log(dir.path()).await;

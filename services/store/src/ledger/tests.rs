@@ -206,11 +206,11 @@ async fn integration_persists_nodes_parties_and_checkpoints() {
             "{id:?}: {missing:?}"
         );
     }
-    let odd = s.entries(Some("odd".into()), 0, 3).await.unwrap();
+    let odd = s.entries(Some("odd".into()), 0..u64::MAX, 3).await.unwrap();
     let idx: Vec<u64> = odd.iter().map(|e| e.index).collect();
     assert_eq!(idx, vec![1, 3, 5]);
     let idx: Vec<u64> = s
-        .entries(Some("even".into()), 5, 2)
+        .entries(Some("even".into()), 5..u64::MAX, 2)
         .await
         .unwrap()
         .iter()
@@ -218,16 +218,37 @@ async fn integration_persists_nodes_parties_and_checkpoints() {
         .collect();
     assert_eq!(idx, vec![6, 8]);
     assert_eq!(
-        s.entries(Some("all".into()), 0, 1000).await.unwrap().len() as u64,
+        s.entries(Some("all".into()), 0..u64::MAX, 1000)
+            .await
+            .unwrap()
+            .len() as u64,
         n
     );
     assert!(
-        s.entries(Some("none".into()), 0, 10)
+        s.entries(Some("none".into()), 0..u64::MAX, 10)
             .await
             .unwrap()
             .is_empty()
     );
-    assert_eq!(s.entries(None, n - 1, 10).await.unwrap().len(), 1);
+    assert_eq!(s.entries(None, n - 1..u64::MAX, 10).await.unwrap().len(), 1);
+    // The end of the range is exclusive, for a party and for all.
+    let below = |party: Option<&str>, range: std::ops::Range<u64>| {
+        let s = s.clone();
+        let party = party.map(str::to_owned);
+        async move {
+            s.entries(party, range, 100)
+                .await
+                .unwrap()
+                .iter()
+                .map(|e| e.index)
+                .collect::<Vec<u64>>()
+        }
+    };
+    assert_eq!(below(Some("odd"), 0..5).await, vec![1, 3]);
+    assert_eq!(below(Some("odd"), 0..6).await, vec![1, 3, 5]);
+    assert_eq!(below(None, 2..5).await, vec![2, 3, 4]);
+    assert!(below(Some("all"), 4..4).await.is_empty());
+    assert!(below(None, 4..4).await.is_empty());
 }
 
 /// Every complete subtree of the tree over `leaves`, as `(level, index,
@@ -321,15 +342,27 @@ async fn compact_migration_converts_the_old_layout() {
         .unwrap();
     assert_eq!(stored as u64, (n >> 3) + (n >> 7));
     let three: Vec<u64> = s
-        .entries(Some("three".into()), 7, 5)
+        .entries(Some("three".into()), 7..u64::MAX, 5)
         .await
         .unwrap()
         .iter()
         .map(|e| e.index)
         .collect();
     assert_eq!(three, vec![9, 12, 15, 18, 21]);
+    // A range that ends inside the party's blocks (one index each here).
+    let three: Vec<u64> = s
+        .entries(Some("three".into()), 7..16, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.index)
+        .collect();
+    assert_eq!(three, vec![9, 12, 15]);
     assert_eq!(
-        s.entries(Some("all".into()), 0, 1000).await.unwrap().len() as u64,
+        s.entries(Some("all".into()), 0..u64::MAX, 1000)
+            .await
+            .unwrap()
+            .len() as u64,
         n
     );
     // New integrations append blocks beside the converted single-index ones.
@@ -345,7 +378,10 @@ async fn compact_migration_converts_the_old_layout() {
     })
     .await
     .unwrap();
-    let last = s.entries(Some("three".into()), 298, 10).await.unwrap();
+    let last = s
+        .entries(Some("three".into()), 298..u64::MAX, 10)
+        .await
+        .unwrap();
     assert_eq!(last.iter().map(|e| e.index).collect::<Vec<_>>(), vec![n]);
 }
 
