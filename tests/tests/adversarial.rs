@@ -197,6 +197,21 @@ async fn a_third_partner_learns_nothing_about_a_hop_it_is_not_in() {
         listed.entries.iter().all(|e| e.index != index),
         "gamma listed beta's entry: {listed:?}"
     );
+    // While beta, a party, sees it in the same listing.
+    let theirs = ledger(&gw, BETA)
+        .await
+        .list_entries(ListEntriesRequest {
+            since_index: 0,
+            page_size: 1000,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        theirs.entries.iter().any(|e| e.index == index),
+        "beta does not list its own entry {index}: {theirs:?}"
+    );
     // Quota status of either party.
     let mut gq = QuotaServiceClient::new(gw.channel(GAMMA).await);
     for other in [ALPHA, BETA] {

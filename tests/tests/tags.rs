@@ -22,7 +22,7 @@ const DELTA: &str = "delta";
 /// |---|---|
 /// | alpha -> beta | iab-audience, life-stage, room-style, health |
 /// | alpha -> gamma | iab-audience, room-style |
-/// | beta -> gamma | iab-audience, life-stage, room-style |
+/// | beta -> gamma | iab-audience, life-stage |
 /// | beta -> delta | iab-audience |
 ///
 /// `budget` is a valid namespace that no flow scopes; `health` is scoped by

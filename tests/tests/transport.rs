@@ -16,15 +16,27 @@ use tonic_health::pb::health_check_response::ServingStatus;
 /// connection fails, or (TLS 1.3 tells the client about a refused
 /// certificate only after its side of the handshake) the first call fails
 /// as a transport error. It never reaches a service: no ErrorInfo comes back.
-async fn assert_handshake_refused(ca: &Path, gw: &TestGateway, identity: Option<(&Path, &Path)>) {
+/// The client learns why: the gateway's TLS alert reaches it (`alert` as
+/// rustls names it) before the connection closes.
+async fn assert_handshake_refused(
+    ca: &Path,
+    gw: &TestGateway,
+    identity: Option<(&Path, &Path)>,
+    alert: &str,
+) {
+    let want = format!("received fatal alert: {alert}");
     let channel: Channel = match connect_with(ca, gw.addr(), identity).await {
-        Err(_) => return,
+        Err(e) => {
+            assert!(chain(&e).contains(&want), "{}", chain(&e));
+            return;
+        }
         Ok(c) => c,
     };
     let r = ReferralServiceClient::new(channel.clone())
         .create_referral(create_req("a-1", BETA, "r"))
         .await;
     let status = r.expect_err("a call over a refused handshake must fail");
+    assert!(chain(&status).contains(&want), "{}", chain(&status));
     assert!(
         matches!(status.code(), Code::Unavailable | Code::Unknown),
         "expected a transport failure, got {status:?}"
@@ -39,11 +51,23 @@ async fn assert_handshake_refused(ca: &Path, gw: &TestGateway, identity: Option<
     assert!(health_check(channel, "").await.is_err());
 }
 
+/// An error and its sources, joined.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        out += ": ";
+        out += &s.to_string();
+        next = s.source();
+    }
+    out
+}
+
 #[tokio::test]
 async fn a_client_without_a_certificate_fails_the_handshake() {
     let gw = TestGateway::builder().start().await;
     let ca = gw.dir().join("pki/ca.crt");
-    assert_handshake_refused(&ca, &gw, None).await;
+    assert_handshake_refused(&ca, &gw, None, "CertificateRequired").await;
 }
 
 #[tokio::test]
@@ -51,7 +75,7 @@ async fn a_certificate_from_another_ca_fails_the_handshake() {
     let gw = TestGateway::builder().start().await;
     let foreign = generate_foreign_client(&gw.dir().join("foreign"), FEDERATION, ALPHA).unwrap();
     let ca = gw.dir().join("pki/ca.crt");
-    assert_handshake_refused(&ca, &gw, Some((&foreign.cert, &foreign.key))).await;
+    assert_handshake_refused(&ca, &gw, Some((&foreign.cert, &foreign.key)), "UnknownCA").await;
     // The same client with its real certificate gets through.
     gw.referrals(ALPHA)
         .await

@@ -2,33 +2,44 @@
 //!
 //! The load generator shares the machine with the servers, so req/s alone
 //! mixes the two. Each thread's time on a CPU (the first field of
-//! `/proc/self/task/<tid>/schedstat`, in nanoseconds) is summed by thread
-//! name: the servers' runtime (`bench-server`), the store's writer
-//! (`crossflow-writer`), its other threads (`crossflow-*`) and the load
-//! generator (`bench-client`). A thread that exits between two samples
-//! drops out of both; none of these do while a scenario runs.
+//! `/proc/self/task/<tid>/schedstat`, in nanoseconds) is taken per thread
+//! and grouped by thread name: the servers' runtime (`bench-server`, which
+//! includes the store's reads: they run on that runtime's blocking
+//! threads), the store's writer (`crossflow-writer`), its other threads
+//! (`crossflow-*`) and the load generator (`bench-client`). Between two
+//! samples each thread counts what it ran since the first one (a thread
+//! started in between counts from zero); a thread that exits in between
+//! (an idle blocking thread after 10 s) is missing from the second, and its
+//! time since the first is lost.
 
-use std::{fs, time::Duration};
+use std::{collections::HashMap, fs, time::Duration};
 
-/// CPU time per role, since each thread started.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct CpuTimes {
-    /// The gateway's (or echo server's) runtime threads.
-    pub server: Duration,
-    /// The store's single writer thread.
-    pub writer: Duration,
-    /// The store's other threads (the syncer).
-    pub store: Duration,
-    /// The load generator's runtime threads.
-    pub client: Duration,
+/// Which part of the benchmark a thread belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Server,
+    Writer,
+    Store,
+    Client,
 }
 
-/// CPU time spent per request between two samples.
-#[derive(Debug, Clone, Copy)]
+/// Each thread's CPU time at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct CpuTimes {
+    threads: HashMap<u32, (Role, Duration)>,
+}
+
+/// CPU time spent per request between two samples, in µs.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct PerRequest {
+    /// The gateway's (or echo server's) runtime threads, store reads
+    /// included.
     pub server_us: f64,
+    /// The store's single writer thread.
     pub writer_us: f64,
+    /// The store's other threads (the syncer).
     pub store_us: f64,
+    /// The load generator's runtime threads.
     pub client_us: f64,
 }
 
@@ -37,9 +48,16 @@ pub struct PerRequest {
 impl CpuTimes {
     /// The process's threads now, or `None` where `/proc` has no schedstat.
     pub fn sample() -> Option<CpuTimes> {
-        let mut t = CpuTimes::default();
+        let mut threads = HashMap::new();
         for task in fs::read_dir("/proc/self/task").ok()? {
             let dir = task.ok()?.path();
+            let Some(tid) = dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.parse().ok())
+            else {
+                continue;
+            };
             // A thread may exit while we read; skip it.
             let (Ok(comm), Ok(stat)) = (
                 fs::read_to_string(dir.join("comm")),
@@ -50,20 +68,22 @@ impl CpuTimes {
             let Some(ns) = stat.split_whitespace().next().and_then(|f| f.parse().ok()) else {
                 continue;
             };
-            let d = Duration::from_nanos(ns);
             // `comm` is cut to 15 bytes: "crossflow-write", "crossflow-synce".
             let comm = comm.trim_end();
-            if comm.starts_with("bench-server") {
-                t.server += d;
+            let role = if comm.starts_with("bench-server") {
+                Role::Server
             } else if comm.starts_with("crossflow-write") {
-                t.writer += d;
+                Role::Writer
             } else if comm.starts_with("crossflow-") {
-                t.store += d;
+                Role::Store
             } else if comm.starts_with("bench-client") {
-                t.client += d;
-            }
+                Role::Client
+            } else {
+                continue;
+            };
+            threads.insert(tid, (role, Duration::from_nanos(ns)));
         }
-        Some(t)
+        Some(CpuTimes { threads })
     }
 
     /// Time spent from `before` to `self`, per request of `requests`.
@@ -71,14 +91,18 @@ impl CpuTimes {
         if requests == 0 {
             return None;
         }
-        let us =
-            |a: Duration, b: Duration| a.saturating_sub(b).as_secs_f64() * 1e6 / requests as f64;
-        Some(PerRequest {
-            server_us: us(self.server, before.server),
-            writer_us: us(self.writer, before.writer),
-            store_us: us(self.store, before.store),
-            client_us: us(self.client, before.client),
-        })
+        let mut p = PerRequest::default();
+        for (tid, (role, now)) in &self.threads {
+            let then = before.threads.get(tid).map_or(Duration::ZERO, |t| t.1);
+            let us = now.saturating_sub(then).as_secs_f64() * 1e6 / requests as f64;
+            *match role {
+                Role::Server => &mut p.server_us,
+                Role::Writer => &mut p.writer_us,
+                Role::Store => &mut p.store_us,
+                Role::Client => &mut p.client_us,
+            } += us;
+        }
+        Some(p)
     }
 }
 
@@ -95,6 +119,13 @@ impl PerRequest {
 mod tests {
     use super::*;
 
+    /// This thread's own CPU time.
+    fn own_cpu() -> Option<Duration> {
+        let stat = fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+        let ns = stat.split_whitespace().next()?.parse().ok()?;
+        Some(Duration::from_nanos(ns))
+    }
+
     #[test]
     fn a_busy_thread_is_counted_under_its_role() {
         let Some(before) = CpuTimes::sample() else {
@@ -103,10 +134,16 @@ mod tests {
         let spin = std::thread::Builder::new()
             .name("bench-client-t".into())
             .spawn(|| {
+                // Busy until this thread has run 30 ms, however loaded the
+                // machine (or 10 s of wall time, and the test fails).
                 let start = std::time::Instant::now();
                 let mut x = 0u64;
-                while start.elapsed() < Duration::from_millis(50) {
-                    x = std::hint::black_box(x.wrapping_add(1));
+                while own_cpu().is_some_and(|t| t < Duration::from_millis(30))
+                    && start.elapsed() < Duration::from_secs(10)
+                {
+                    for _ in 0..10_000 {
+                        x = std::hint::black_box(x.wrapping_add(1));
+                    }
                 }
                 // Sampled while the thread still exists.
                 CpuTimes::sample()
@@ -114,8 +151,10 @@ mod tests {
             .expect("spawn");
         let after = spin.join().expect("join").expect("sample");
         let per = after.per_request(&before, 1).expect("one request");
-        assert!(per.client_us >= 20_000.0, "{per:?}");
-        assert!(per.server_us < 20_000.0, "{per:?}");
+        assert!(per.client_us >= 30_000.0, "{per:?}");
+        assert!(per.server_us < 1.0, "{per:?}");
+        let halves = after.per_request(&before, 2).expect("two requests");
+        assert!((halves.client_us * 2.0 - per.client_us).abs() < 1e-6);
         assert!(before.per_request(&before, 0).is_none());
     }
 }

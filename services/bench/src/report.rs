@@ -224,10 +224,11 @@ pub fn table(rows: &[Row]) {
     }
 }
 
-/// Where a request's CPU time went, and what that allows on 2 cores that
-/// run only the server (both are upper bounds: they assume the time scales
-/// linearly and the cores are never idle).
+/// Where a request's CPU time went, and what that allows on this machine's
+/// cores running only the server (both are upper bounds: they assume the
+/// time scales linearly and the cores are never idle).
 fn cpu_line(c: &PerRequest) -> String {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let side = c.server_side_us();
     let mut s = format!(
         "CPU per request, warm-up included: server runtime {:.1} µs + store writer {:.1} µs + other store threads {:.1} µs = {side:.1} µs server side; load generator {:.1} µs",
@@ -235,8 +236,8 @@ fn cpu_line(c: &PerRequest) -> String {
     );
     if side > 0.0 {
         s += &format!(
-            "; 2 cores running only the server: at most {:.0} req/s",
-            2e6 / side
+            "; {cores} cores running only the server: at most {:.0} req/s",
+            cores as f64 * 1e6 / side
         );
     }
     // Scenarios that write nothing still wake the writer now and then.

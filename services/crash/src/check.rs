@@ -187,21 +187,24 @@ pub async fn resend_acked(ctx: &Ctx<'_>, book: &Book, rng: &mut SplitMix64, r: &
     }
 }
 
-/// Waits for a signed checkpoint covering every acknowledged ledger entry,
-/// then proves every checkpoint seen before the crash consistent with it.
+/// Waits for a signed checkpoint covering every acknowledged ledger entry
+/// and every entry stored (ListEntries, which [`ledger`] reads, stops at the
+/// latest checkpoint: a stray entry past it would go unseen), then proves
+/// every checkpoint seen before the crash consistent with it.
 pub async fn checkpoints(
     ctx: &Ctx<'_>,
     book: &Book,
     seen: &[Seen],
     r: &mut Report,
 ) -> Result<Option<Seen>, BoxError> {
-    let need = book
+    let acked = book
         .acked
         .iter()
         .filter_map(|a| entry_of(&a.answer))
         .map(|e| e.index + 1)
         .max()
         .unwrap_or(0);
+    let need = acked.max(stored_entries(ctx)?);
     let mut ops = ctx.clients.operator.clone();
     let deadline = Instant::now() + Duration::from_secs(30);
     let latest = loop {
@@ -218,7 +221,7 @@ pub async fn checkpoints(
     };
     if !r.check(latest.size >= need, || {
         format!(
-            "30 s after restart the newest checkpoint covers {} entries, but {need} were acknowledged",
+            "30 s after restart the newest checkpoint covers {} entries, but {acked} were acknowledged and {need} are stored or acknowledged",
             latest.size
         )
     }) {
@@ -540,6 +543,17 @@ pub async fn read_back(
         });
     }
     Ok(())
+}
+
+/// The store's ledger entries (the file read-only, while the gateway runs).
+fn stored_entries(ctx: &Ctx<'_>) -> Result<u64, BoxError> {
+    let db = rusqlite::Connection::open_with_flags(
+        ctx.db,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    db.busy_timeout(Duration::from_secs(10))?;
+    let n: i64 = db.query_row("SELECT COUNT(*) FROM ledger_entries", [], |row| row.get(0))?;
+    Ok(u64::try_from(n)?)
 }
 
 /// Reads the SQLite file (read-only, while the gateway runs): rows are

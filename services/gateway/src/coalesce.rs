@@ -11,7 +11,11 @@
 //! connection task; when nothing else is runnable it comes straight back.
 //!
 //! Backpressure is kept: past [`HIGH_WATER`] buffered bytes a write waits
-//! for the socket before it is accepted.
+//! for the socket before it is accepted. What is still buffered when the
+//! connection is dropped without a flush (rustls writes a fatal alert, e.g.
+//! `UnknownCA` for a client certificate from another CA, and returns the
+//! error without flushing) is written without waiting, as far as the socket
+//! takes it, so the peer learns why.
 
 use std::{
     io,
@@ -25,9 +29,25 @@ use tonic::transport::server::Connected;
 /// Buffered bytes past which a write first drains the buffer.
 pub const HIGH_WATER: usize = 256 * 1024;
 
+/// Buffer capacity kept after a drain; a larger one (after a large answer)
+/// is released.
+pub const KEEP: usize = 64 * 1024;
+
+/// A write that never waits: what the socket takes now (`WouldBlock` when
+/// it takes nothing).
+pub trait TryWrite {
+    fn try_write(&self, data: &[u8]) -> io::Result<usize>;
+}
+
+impl TryWrite for tokio::net::TcpStream {
+    fn try_write(&self, data: &[u8]) -> io::Result<usize> {
+        tokio::net::TcpStream::try_write(self, data)
+    }
+}
+
 /// An IO whose writes are held until a flush, and whose flush yields once.
 #[derive(Debug)]
-pub struct Coalesced<IO> {
+pub struct Coalesced<IO: TryWrite> {
     io: IO,
     buf: Vec<u8>,
     /// Bytes of `buf` already written to `io`.
@@ -38,7 +58,7 @@ pub struct Coalesced<IO> {
 
 // === impl Coalesced ===
 
-impl<IO> Coalesced<IO> {
+impl<IO: TryWrite> Coalesced<IO> {
     pub fn new(io: IO) -> Self {
         Self {
             io,
@@ -58,7 +78,7 @@ impl<IO> Coalesced<IO> {
     }
 }
 
-impl<IO: AsyncWrite + Unpin> Coalesced<IO> {
+impl<IO: AsyncWrite + TryWrite + Unpin> Coalesced<IO> {
     /// Writes the buffer out.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.written < self.buf.len() {
@@ -69,17 +89,14 @@ impl<IO: AsyncWrite + Unpin> Coalesced<IO> {
             self.written += n;
         }
         self.written = 0;
-        if self.buf.capacity() > HIGH_WATER {
-            // One large answer (a page of entries) need not stay allocated.
-            self.buf = Vec::new();
-        } else {
-            self.buf.clear();
-        }
+        self.buf.clear();
+        // One large answer (a page of entries) need not stay allocated.
+        self.buf.shrink_to(KEEP);
         Poll::Ready(Ok(()))
     }
 }
 
-impl<IO: AsyncRead + Unpin> AsyncRead for Coalesced<IO> {
+impl<IO: AsyncRead + TryWrite + Unpin> AsyncRead for Coalesced<IO> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -89,7 +106,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Coalesced<IO> {
     }
 }
 
-impl<IO: AsyncWrite + Unpin> AsyncWrite for Coalesced<IO> {
+impl<IO: AsyncWrite + TryWrite + Unpin> AsyncWrite for Coalesced<IO> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -104,7 +121,9 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Coalesced<IO> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.buffered() >= HIGH_WATER {
+        // The whole buffer, written part included: it only shrinks on a
+        // complete drain.
+        if this.buf.len() >= HIGH_WATER {
             ready!(this.poll_drain(cx))?;
         }
         let mut n = 0;
@@ -139,7 +158,19 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Coalesced<IO> {
     }
 }
 
-impl<IO: Connected> Connected for Coalesced<IO> {
+impl<IO: TryWrite> Drop for Coalesced<IO> {
+    fn drop(&mut self) {
+        while self.written < self.buf.len() {
+            match self.io.try_write(&self.buf[self.written..]) {
+                Ok(n) if n > 0 => self.written += n,
+                // Full, closed or failed: nothing more can be done here.
+                _ => break,
+            }
+        }
+    }
+}
+
+impl<IO: Connected + TryWrite> Connected for Coalesced<IO> {
     type ConnectInfo = IO::ConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
@@ -148,153 +179,4 @@ impl<IO: Connected> Connected for Coalesced<IO> {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    };
-    use std::task::{Wake, Waker};
-
-    use super::*;
-
-    /// Records every write it is given; refuses them while `full`.
-    #[derive(Default)]
-    struct Sink {
-        writes: Vec<Vec<u8>>,
-        full: bool,
-        flushed: usize,
-        shut: bool,
-    }
-
-    impl AsyncWrite for Sink {
-        fn poll_write(
-            self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            data: &[u8],
-        ) -> Poll<io::Result<usize>> {
-            let this = self.get_mut();
-            if this.full {
-                return Poll::Pending;
-            }
-            this.writes.push(data.to_vec());
-            Poll::Ready(Ok(data.len()))
-        }
-
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            self.get_mut().flushed += 1;
-            Poll::Ready(Ok(()))
-        }
-
-        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            self.get_mut().shut = true;
-            Poll::Ready(Ok(()))
-        }
-    }
-
-    #[derive(Default)]
-    struct Wakes(AtomicUsize);
-
-    impl Wake for Wakes {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    fn write(
-        c: &mut Coalesced<Sink>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(c).poll_write(cx, data)
-    }
-
-    #[test]
-    fn writes_wait_for_a_flush_that_yields_once_then_sends_them_in_one_write() {
-        let wakes = Arc::new(Wakes::default());
-        let waker = Waker::from(wakes.clone());
-        let mut cx = Context::from_waker(&waker);
-        let mut c = Coalesced::new(Sink::default());
-
-        assert!(matches!(
-            write(&mut c, &mut cx, b"headers "),
-            Poll::Ready(Ok(8))
-        ));
-        let bufs = [io::IoSlice::new(b"data "), io::IoSlice::new(b"trailers")];
-        assert!(matches!(
-            Pin::new(&mut c).poll_write_vectored(&mut cx, &bufs),
-            Poll::Ready(Ok(13))
-        ));
-        assert!(
-            c.get_ref().writes.is_empty(),
-            "nothing leaves before a flush"
-        );
-
-        // The first flush yields, asking to be polled again at once.
-        assert!(Pin::new(&mut c).poll_flush(&mut cx).is_pending());
-        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
-        assert!(c.get_ref().writes.is_empty());
-        // What other tasks add meanwhile leaves with it.
-        assert!(write(&mut c, &mut cx, b" next").is_ready());
-
-        assert!(matches!(
-            Pin::new(&mut c).poll_flush(&mut cx),
-            Poll::Ready(Ok(()))
-        ));
-        assert_eq!(
-            c.get_ref().writes,
-            vec![b"headers data trailers next".to_vec()]
-        );
-        assert_eq!(c.get_ref().flushed, 1);
-        assert_eq!(c.buffered(), 0);
-
-        // A flush with nothing buffered neither yields nor writes.
-        assert!(matches!(
-            Pin::new(&mut c).poll_flush(&mut cx),
-            Poll::Ready(Ok(()))
-        ));
-        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
-        assert_eq!(c.get_ref().writes.len(), 1);
-        // The next flush yields again.
-        assert!(write(&mut c, &mut cx, b"again").is_ready());
-        assert!(Pin::new(&mut c).poll_flush(&mut cx).is_pending());
-        assert!(Pin::new(&mut c).poll_flush(&mut cx).is_ready());
-        assert_eq!(c.get_ref().writes.len(), 2);
-    }
-
-    #[test]
-    fn past_the_high_water_mark_a_write_waits_for_the_socket() {
-        let waker = Waker::from(Arc::new(Wakes::default()));
-        let mut cx = Context::from_waker(&waker);
-        let mut c = Coalesced::new(Sink {
-            full: true,
-            ..Sink::default()
-        });
-        let chunk = vec![7u8; HIGH_WATER];
-        assert!(matches!(write(&mut c, &mut cx, &chunk), Poll::Ready(Ok(n)) if n == HIGH_WATER));
-        // The socket takes nothing: the next write is refused for now.
-        assert!(write(&mut c, &mut cx, b"more").is_pending());
-        assert_eq!(c.buffered(), HIGH_WATER);
-
-        c.io.full = false;
-        assert!(matches!(
-            write(&mut c, &mut cx, b"more"),
-            Poll::Ready(Ok(4))
-        ));
-        assert_eq!(c.get_ref().writes, vec![chunk]);
-        assert_eq!(c.buffered(), 4);
-    }
-
-    #[test]
-    fn shutdown_sends_what_is_buffered_first() {
-        let waker = Waker::from(Arc::new(Wakes::default()));
-        let mut cx = Context::from_waker(&waker);
-        let mut c = Coalesced::new(Sink::default());
-        assert!(write(&mut c, &mut cx, b"goaway").is_ready());
-        assert!(matches!(
-            Pin::new(&mut c).poll_shutdown(&mut cx),
-            Poll::Ready(Ok(()))
-        ));
-        assert_eq!(c.get_ref().writes, vec![b"goaway".to_vec()]);
-        assert!(c.get_ref().shut);
-    }
-}
+mod tests;

@@ -3,7 +3,6 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use crate::coalesce::Coalesced;
 use crossflow_api::clock::{Clock, SharedClock, SystemClock};
 use crossflow_conversions::Conversions;
 use crossflow_identity::KeyRing;
@@ -28,7 +27,8 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::{
-    edge::IdentityLayer, oversize::OversizeLayer, reload::Reloader, telemetry::RpcTelemetryLayer,
+    coalesce::Coalesced, edge::IdentityLayer, oversize::OversizeLayer, reload::Reloader,
+    telemetry::RpcTelemetryLayer,
 };
 
 /// How often daily quota counters are written behind (a crash loses at most
