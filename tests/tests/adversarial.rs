@@ -40,6 +40,23 @@ fn by_index(index: u64) -> GetReceiptRequest {
     }
 }
 
+/// The indexes of the first page (1000) of entries `client` may list.
+async fn listed_indexes(client: &mut LedgerServiceClient<Channel>) -> Vec<u64> {
+    client
+        .list_entries(ListEntriesRequest {
+            since_index: 0,
+            page_size: 1000,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries
+        .iter()
+        .map(|e| e.index)
+        .collect()
+}
+
 fn by_order(order_id: &str) -> GetReceiptRequest {
     GetReceiptRequest {
         entry: Some(get_receipt_request::Entry::OrderId(order_id.into())),
@@ -184,33 +201,16 @@ async fn a_third_partner_learns_nothing_about_a_hop_it_is_not_in() {
         Code::NotFound,
         "NO_SUCH_ORDER",
     );
-    let listed = gl
-        .list_entries(ListEntriesRequest {
-            since_index: 0,
-            page_size: 1000,
-            page_token: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let gamma_sees = listed_indexes(&mut gl).await;
     assert!(
-        listed.entries.iter().all(|e| e.index != index),
-        "gamma listed beta's entry: {listed:?}"
+        !gamma_sees.contains(&index),
+        "gamma listed beta's entry {index}: {gamma_sees:?}"
     );
     // While beta, a party, sees it in the same listing.
-    let theirs = ledger(&gw, BETA)
-        .await
-        .list_entries(ListEntriesRequest {
-            since_index: 0,
-            page_size: 1000,
-            page_token: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let beta_sees = listed_indexes(&mut ledger(&gw, BETA).await).await;
     assert!(
-        theirs.entries.iter().any(|e| e.index == index),
-        "beta does not list its own entry {index}: {theirs:?}"
+        beta_sees.contains(&index),
+        "beta does not list its own entry {index}: {beta_sees:?}"
     );
     // Quota status of either party.
     let mut gq = QuotaServiceClient::new(gw.channel(GAMMA).await);
