@@ -545,14 +545,21 @@ pub async fn read_back(
     Ok(())
 }
 
-/// The store's ledger entries (the file read-only, while the gateway runs).
-fn stored_entries(ctx: &Ctx<'_>) -> Result<u64, BoxError> {
+/// The SQLite file, read-only (the gateway may be running).
+fn open_read_only(ctx: &Ctx<'_>) -> Result<rusqlite::Connection, BoxError> {
     let db = rusqlite::Connection::open_with_flags(
         ctx.db,
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     db.busy_timeout(Duration::from_secs(10))?;
-    let n: i64 = db.query_row("SELECT COUNT(*) FROM ledger_entries", [], |row| row.get(0))?;
+    Ok(db)
+}
+
+/// The store's ledger entries.
+fn stored_entries(ctx: &Ctx<'_>) -> Result<u64, BoxError> {
+    let n: i64 =
+        open_read_only(ctx)?
+            .query_row("SELECT COUNT(*) FROM ledger_entries", [], |row| row.get(0))?;
     Ok(u64::try_from(n)?)
 }
 
@@ -560,11 +567,7 @@ fn stored_entries(ctx: &Ctx<'_>) -> Result<u64, BoxError> {
 /// exactly the acknowledged writes, and every conversion row and its ledger
 /// entry exist together or not at all.
 pub fn sqlite(ctx: &Ctx<'_>, book: &Book, r: &mut Report) -> Result<(), BoxError> {
-    let db = rusqlite::Connection::open_with_flags(
-        ctx.db,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    db.busy_timeout(Duration::from_secs(10))?;
+    let db = open_read_only(ctx)?;
     let tx = db.unchecked_transaction()?;
 
     let landings: BTreeSet<String> = tx

@@ -27,11 +27,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::transport::server::Connected;
 
 /// Buffered bytes past which a write first drains the buffer.
-pub const HIGH_WATER: usize = 256 * 1024;
+const HIGH_WATER: usize = 256 * 1024;
 
 /// Buffer capacity kept after a drain; a larger one (after a large answer)
 /// is released.
-pub const KEEP: usize = 64 * 1024;
+const KEEP: usize = 64 * 1024;
 
 /// A write that never waits: what the socket takes now (`WouldBlock` when
 /// it takes nothing).
@@ -68,12 +68,8 @@ impl<IO: TryWrite> Coalesced<IO> {
         }
     }
 
-    pub fn get_ref(&self) -> &IO {
-        &self.io
-    }
-
     /// Bytes accepted but not yet written to the IO.
-    pub fn buffered(&self) -> usize {
+    fn buffered(&self) -> usize {
         self.buf.len() - self.written
     }
 }

@@ -5,7 +5,7 @@
 //! transaction, so one failing write rolls back alone while its neighbours
 //! commit. The writer takes whatever is queued (up to [`MAX_BATCH`]), runs it
 //! and commits once. An answer means "durable" (the one exception,
-//! [`Db::write_unsynced`], is for data rebuilt from durable data), and the
+//! [`Durability::Committed`], is for data rebuilt from durable data), and the
 //! fsync that makes it so is pipelined:
 //!
 //! - the connection runs with `synchronous=NORMAL` in WAL mode, so COMMIT
@@ -13,7 +13,7 @@
 //!   still syncs the WAL before every checkpoint into the main file);
 //! - a syncer thread then fsyncs the `-wal` file (one fsync covers every
 //!   batch committed before it) and only after that answers the callers
-//!   (of [`Db::write`]; [`Db::write_unsynced`] is answered at the commit).
+//!   (a [`Durability::Committed`] write is answered at the commit).
 //!
 //! While batch N waits for its fsync, the writer already runs batch N+1: the
 //! commit cycle is the longer of "run the batch" and "fsync", not their sum,
@@ -52,11 +52,25 @@ pub struct Migration {
 type Completion = Box<dyn FnOnce(Option<&StoreError>) + Send>;
 type Job = Box<dyn FnOnce(&Connection) -> (bool, Answer) + Send>;
 
-/// When a write's caller is answered.
+/// When [`Db::write_as`] answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Once the write is durable: after the fsync that covers its batch.
+    Fsynced,
+    /// As soon as its batch commits, before the fsync: the write is visible
+    /// to readers at once and becomes durable with the next fsync (any later
+    /// fsynced write waits for one). A crash before that loses it, atomically
+    /// with everything after it. Only for data that can be rebuilt from
+    /// durable data, such as the ledger's tree nodes, which the integrator
+    /// recomputes from the entries after a restart.
+    Committed,
+}
+
+/// A write's completion, filed by when it is answered.
 enum Answer {
     /// After the fsync that makes the write durable.
     Durable(Completion),
-    /// As soon as its batch commits ([`Db::write_unsynced`]).
+    /// As soon as its batch commits ([`Durability::Committed`]).
     Committed(Completion),
 }
 
@@ -179,25 +193,11 @@ impl Db {
         R: Send + 'static,
         F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
     {
-        self.enqueue(f, true).await
+        self.write_as(Durability::Fsynced, f).await
     }
 
-    /// Like [`Db::write`], but answered as soon as the batch commits, before
-    /// its fsync: the write is visible to readers at once and becomes durable
-    /// with the next fsync (any later [`Db::write`] waits for one). A crash
-    /// before that loses it, atomically with everything after it. Only for
-    /// data that can be rebuilt from durable data, such as the ledger's tree
-    /// nodes, which the integrator recomputes from the entries after a
-    /// restart.
-    pub async fn write_unsynced<R, F>(&self, f: F) -> Result<R, StoreError>
-    where
-        R: Send + 'static,
-        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
-    {
-        self.enqueue(f, false).await
-    }
-
-    async fn enqueue<R, F>(&self, f: F, durable: bool) -> Result<R, StoreError>
+    /// [`Db::write`], answered when `durability` says.
+    pub async fn write_as<R, F>(&self, durability: Durability, f: F) -> Result<R, StoreError>
     where
         R: Send + 'static,
         F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
@@ -213,9 +213,9 @@ impl Db {
                 };
                 let _ = tx.send(out);
             });
-            let answer = match durable {
-                true => Answer::Durable(done),
-                false => Answer::Committed(done),
+            let answer = match durability {
+                Durability::Fsynced => Answer::Durable(done),
+                Durability::Committed => Answer::Committed(done),
             };
             (failed, answer)
         });

@@ -43,7 +43,7 @@ use std::{
 use ring::digest::{Context, SHA256};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use crate::{Migration, Sqlite, StoreError};
+use crate::{Durability, Migration, Sqlite, StoreError};
 
 pub(crate) const MIGRATION: Migration = Migration {
     name: "0002_ledger",
@@ -991,10 +991,15 @@ impl LedgerStore for Sqlite {
     }
 
     async fn integrate(&self, step: Integration) -> Result<(), StoreError> {
-        match step.checkpoint {
-            Some(_) => self.db.write(move |c| integrate(c, &step)).await,
-            None => self.db.write_unsynced(move |c| integrate(c, &step)).await,
-        }
+        // Steps without a checkpoint are rebuilt from the entries after a
+        // crash; a checkpoint must be durable before it is published.
+        let durability = match step.checkpoint {
+            Some(_) => Durability::Fsynced,
+            None => Durability::Committed,
+        };
+        self.db
+            .write_as(durability, move |c| integrate(c, &step))
+            .await
     }
 
     async fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError> {

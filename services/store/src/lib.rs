@@ -16,7 +16,7 @@ pub mod tags;
 
 use std::{path::Path, sync::Arc};
 
-pub use db::{Db, Migration, WriterStats};
+pub use db::{Db, Durability, Migration, WriterStats};
 pub use landings::{Landing, LandingStore, Redeemed};
 pub use ledger::{LedgerStore, Sequenced};
 pub use quotas::QuotaCounterStore;

@@ -120,9 +120,11 @@ async fn unsynced_writes_are_visible_at_once_and_wait_for_no_fsync() {
     .unwrap();
     let before = db.stats();
     for n in 0..3 {
-        db.write_unsynced(move |c| Ok(c.execute("INSERT INTO t (n) VALUES (?1)", [n])?))
-            .await
-            .unwrap();
+        db.write_as(Durability::Committed, move |c| {
+            Ok(c.execute("INSERT INTO t (n) VALUES (?1)", [n])?)
+        })
+        .await
+        .unwrap();
         let seen: i64 = db
             .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))?))
             .await
@@ -131,7 +133,7 @@ async fn unsynced_writes_are_visible_at_once_and_wait_for_no_fsync() {
     }
     // A failing unsynced write rolls back alone, like any write.
     let failed = db
-        .write_unsynced(|c| {
+        .write_as(Durability::Committed, |c| {
             c.execute("INSERT INTO t (n) VALUES (99)", [])?;
             Err::<(), _>(StoreError::Corrupt("no".into()))
         })

@@ -109,35 +109,29 @@ fn writes_wait_for_a_flush_that_yields_once_then_sends_them_in_one_write() {
         Pin::new(&mut c).poll_write_vectored(&mut cx, &bufs),
         Poll::Ready(Ok(13))
     ));
-    assert!(
-        c.get_ref().writes().is_empty(),
-        "nothing leaves before a flush"
-    );
+    assert!(c.io.writes().is_empty(), "nothing leaves before a flush");
 
     // The first flush yields, asking to be polled again at once.
     assert!(flush(&mut c, &mut cx).is_pending());
     assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
-    assert!(c.get_ref().writes().is_empty());
+    assert!(c.io.writes().is_empty());
     // What other tasks add meanwhile leaves with it.
     assert!(write(&mut c, &mut cx, b" next").is_ready());
 
     assert!(matches!(flush(&mut c, &mut cx), Poll::Ready(Ok(()))));
-    assert_eq!(
-        c.get_ref().writes(),
-        vec![b"headers data trailers next".to_vec()]
-    );
-    assert_eq!(c.get_ref().flushed, 1);
+    assert_eq!(c.io.writes(), vec![b"headers data trailers next".to_vec()]);
+    assert_eq!(c.io.flushed, 1);
     assert_eq!(c.buffered(), 0);
 
     // A flush with nothing buffered neither yields nor writes.
     assert!(matches!(flush(&mut c, &mut cx), Poll::Ready(Ok(()))));
     assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
-    assert_eq!(c.get_ref().writes().len(), 1);
+    assert_eq!(c.io.writes().len(), 1);
     // The next flush yields again.
     assert!(write(&mut c, &mut cx, b"again").is_ready());
     assert!(flush(&mut c, &mut cx).is_pending());
     assert!(flush(&mut c, &mut cx).is_ready());
-    assert_eq!(c.get_ref().writes().len(), 2);
+    assert_eq!(c.io.writes().len(), 2);
 }
 
 #[test]
@@ -156,7 +150,7 @@ fn past_the_high_water_mark_a_write_waits_for_the_socket() {
         write(&mut c, &mut cx, b"more"),
         Poll::Ready(Ok(4))
     ));
-    assert_eq!(c.get_ref().writes(), vec![chunk]);
+    assert_eq!(c.io.writes(), vec![chunk]);
     assert_eq!(c.buffered(), 4);
 }
 
@@ -192,8 +186,8 @@ fn shutdown_sends_what_is_buffered_first() {
         Pin::new(&mut c).poll_shutdown(&mut cx),
         Poll::Ready(Ok(()))
     ));
-    assert_eq!(c.get_ref().writes(), vec![b"goaway".to_vec()]);
-    assert!(c.get_ref().shut);
+    assert_eq!(c.io.writes(), vec![b"goaway".to_vec()]);
+    assert!(c.io.shut);
 }
 
 #[test]
