@@ -8,8 +8,7 @@ use crossflow_store::conversions::ConversionRecord;
 use tonic::{Request, Response, Status as GrpcStatus};
 
 use crate::{
-    ConversionError, Conversions, Recorded, Releaser, ReportRequest, Status, UpdateRequest, hex,
-    money,
+    ConversionError, Conversions, Recorded, Releaser, ReportRequest, Status, UpdateRequest, money,
 };
 
 /// Milliseconds since the Unix epoch as a protobuf timestamp.
@@ -43,7 +42,7 @@ fn status_to_wire(s: &str) -> ConversionStatus {
 /// The wire form of a stored conversion.
 pub fn conversion(c: &ConversionRecord) -> pb::Conversion {
     pb::Conversion {
-        conversion_id: hex(&c.conversion_id),
+        conversion_id: hex::encode(c.conversion_id),
         reporter: c.reporter.clone(),
         order_id: c.order_id.clone(),
         amount_minor: c.amount_minor,
@@ -106,7 +105,7 @@ impl ConversionService for Conversions {
             .await
             .map_err(refuse)?;
         tracing::debug!(
-            conversion_id = %hex(&rec.conversion.conversion_id),
+            conversion_id = %hex::encode(rec.conversion.conversion_id),
             index = rec.entry.index,
             replayed = rec.replayed,
             held = rec.conversion.held,

@@ -615,7 +615,7 @@ fn report_tx(conn: &Connection, x: &ReportCtx) -> TxResult<Recorded> {
         fraud_reasons(conn, x, &candidates)?.join(",")
     };
     let held = !hold_reason.is_empty();
-    let id_hex = hex(&x.id);
+    let id_hex = hex::encode(x.id);
     let model_name = attribution::model_name(model);
     let e = Entry {
         v: entry::VERSION,
@@ -905,7 +905,7 @@ fn update_tx(conn: &Connection, x: &UpdateCtx) -> TxResult<Recorded> {
         let deltas = deltas(&rec.payouts, old_basis, new_basis, amount);
         entry::postings(&rec.reporter, &rec.currency, &deltas, -1)
     };
-    let id_hex = hex(&rec.conversion_id);
+    let id_hex = hex::encode(rec.conversion_id);
     let e = Entry {
         v: entry::VERSION,
         kind: "conversion",
@@ -1152,11 +1152,6 @@ fn entry_ref(conn: &Connection, index: u64, leaf_hash: [u8; 32]) -> Result<Entry
 
 fn secs_to_ms(secs: u64) -> i64 {
     i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
-}
-
-/// Lowercase hex.
-pub fn hex(b: &[u8]) -> String {
-    hex::encode(b)
 }
 
 #[cfg(test)]

@@ -478,7 +478,7 @@ async fn held_conversions_post_only_when_released() {
         .update("beta", update("o-1", Status::Refunded, 500_000, ""))
         .await
         .unwrap();
-    let id = hex(&r.conversion.conversion_id);
+    let id = hex::encode(r.conversion.conversion_id);
     let rel = f
         .svc
         .release(Releaser::Operator("ops"), &id, "checked")

@@ -498,7 +498,7 @@ fn release_conversion(id: &str, config: &std::path::Path, note: &str) -> Result<
         r.conversion.reporter,
         r.conversion.hold_reason,
         r.entry.index,
-        crossflow_conversions::hex(&r.entry.leaf_hash)
+        hex::encode(r.entry.leaf_hash)
     );
     Ok(())
 }
