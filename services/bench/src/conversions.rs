@@ -25,12 +25,12 @@ use crossflow_proto::v1::{
     conversion_service_client::ConversionServiceClient,
     referral_service_client::ReferralServiceClient,
 };
-use tonic::transport::Channel;
 
 use crate::{
     BoxError,
     load::{Call, Scenario},
     scenario::{self, Built, DESTINATION, Env, ORIGIN, pick},
+    transport::Conn,
 };
 
 /// Buyers the reports go round-robin over (one landing each).
@@ -46,8 +46,8 @@ fn buyer(build: u64, i: u64) -> String {
 /// Mints and redeems one referred buyer per request.
 struct Land {
     build: u64,
-    origin: Vec<ReferralServiceClient<Channel>>,
-    destination: Vec<ReferralServiceClient<Channel>>,
+    origin: Vec<ReferralServiceClient<Conn>>,
+    destination: Vec<ReferralServiceClient<Conn>>,
     landed: Arc<AtomicU64>,
 }
 
@@ -81,7 +81,7 @@ impl Scenario for Land {
 /// The timed reports.
 struct Report {
     build: u64,
-    clients: Vec<ConversionServiceClient<Channel>>,
+    clients: Vec<ConversionServiceClient<Conn>>,
 }
 
 impl Scenario for Report {

@@ -21,6 +21,7 @@ mod quota;
 mod report;
 mod scenario;
 mod tags;
+mod transport;
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -35,6 +36,11 @@ use crate::{
     report::Row,
     scenario::{DESTINATION, Env, ORIGIN, SPECS},
 };
+
+/// The same allocator as the `crossflow` binary, so the figures are the
+/// gateway's as it ships.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Any error, propagated to `main`.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -278,7 +284,7 @@ fn runtime(name: &str, threads: usize) -> Result<Runtime, BoxError> {
 /// One CreateReferral through the gateway: proves it answers, and gives the
 /// wire sizes the echo baseline copies.
 async fn probe(bed: &Testbed, gateway: SocketAddr) -> Result<(usize, usize), BoxError> {
-    let mut c = ReferralServiceClient::new(bed.channel(gateway, ORIGIN).await?);
+    let mut c = ReferralServiceClient::new(transport::connect(bed, gateway, ORIGIN).await?);
     let req = scenario::create_request(0);
     let up = req.encoded_len();
     let down = c.create_referral(req).await?.into_inner().encoded_len();

@@ -40,13 +40,13 @@ use crossflow_proto::v1::{
     tag_service_client::TagServiceClient,
 };
 use tokio::runtime::Runtime;
-use tonic::transport::Channel;
 
 use crate::{
     BoxError, echo,
     load::{self, Call, Outcome, Plan, Scenario, Stop},
     report,
     scenario::{self, DESTINATION, Env, ORIGIN},
+    transport::{self, Conn},
 };
 
 /// Prepared users per partner (tag reads, conversions and updates use them).
@@ -77,10 +77,10 @@ pub struct Options {
 /// One partner's clients over its own connection.
 #[derive(Clone)]
 struct Partner {
-    referrals: ReferralServiceClient<Channel>,
-    tags: TagServiceClient<Channel>,
-    conversions: ConversionServiceClient<Channel>,
-    quota: QuotaServiceClient<Channel>,
+    referrals: ReferralServiceClient<Conn>,
+    tags: TagServiceClient<Conn>,
+    conversions: ConversionServiceClient<Conn>,
+    quota: QuotaServiceClient<Conn>,
 }
 
 fn partner_ids(n: usize) -> Vec<String> {
@@ -430,7 +430,7 @@ impl Scenario for Mint {
 async fn connect(env: &Env, ids: &[String]) -> Result<Vec<Partner>, BoxError> {
     let mut out = Vec::new();
     for id in ids {
-        let ch = env.bed.channel(env.gateway, id).await?;
+        let ch = transport::connect(&env.bed, env.gateway, id).await?;
         out.push(Partner {
             referrals: ReferralServiceClient::new(ch.clone()),
             tags: TagServiceClient::new(ch.clone()),

@@ -19,9 +19,12 @@ use std::{
 use crossflow_gateway::{demo::DEMO_BODY, server, testbed::Testbed};
 use crossflow_proto::v1::{CreateReferralRequest, referral_service_client::ReferralServiceClient};
 use tokio::runtime::Runtime;
-use tonic::{Code, transport::Channel};
+use tonic::Code;
 
-use crate::BoxError;
+use crate::{
+    BoxError,
+    transport::{self, Conn},
+};
 
 const FEDERATION: &str = "crossflow.example";
 const NORMAL: &str = "mombaby-live";
@@ -114,10 +117,12 @@ async fn clients(
     addr: SocketAddr,
     who: &str,
     n: usize,
-) -> Result<Vec<ReferralServiceClient<Channel>>, BoxError> {
+) -> Result<Vec<ReferralServiceClient<Conn>>, BoxError> {
     let mut out = Vec::new();
     for _ in 0..n.max(1) {
-        out.push(ReferralServiceClient::new(bed.channel(addr, who).await?));
+        out.push(ReferralServiceClient::new(
+            transport::connect(bed, addr, who).await?,
+        ));
     }
     Ok(out)
 }
@@ -137,7 +142,7 @@ fn record(s: &Mutex<Sample>, r: Result<(), tonic::Status>, took: Duration) {
 
 /// Closed loop: `concurrency` workers, each waiting for its answer.
 async fn closed_loop(
-    clients: &[ReferralServiceClient<Channel>],
+    clients: &[ReferralServiceClient<Conn>],
     to: &str,
     concurrency: usize,
     dur: Duration,
@@ -167,7 +172,7 @@ async fn closed_loop(
 
 /// Open loop: one call started every `1/rate` s, whatever the answers do.
 async fn open_loop(
-    clients: Vec<ReferralServiceClient<Channel>>,
+    clients: Vec<ReferralServiceClient<Conn>>,
     to: String,
     rate: f64,
     dur: Duration,

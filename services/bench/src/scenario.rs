@@ -23,12 +23,12 @@ use crossflow_proto::v1::{
     CreateReferralRequest, RedeemReferralRequest, referral_service_client::ReferralServiceClient,
 };
 use prost::Message as _;
-use tonic::transport::Channel;
 
 use crate::{
     BoxError,
     load::{self, Call, Plan, Scenario, Stop},
     pb::{EchoRequest, EchoResponse, echo_service_client::EchoServiceClient},
+    transport::{self, Conn},
 };
 
 /// The partner that mints hops (and whose certificate the echo client uses).
@@ -155,10 +155,10 @@ pub fn spec(name: &str) -> Option<&'static Spec> {
 
 impl Env {
     /// `self.connections` mTLS channels to `addr` as `name`.
-    pub async fn channels(&self, addr: SocketAddr, name: &str) -> Result<Vec<Channel>, BoxError> {
+    pub async fn channels(&self, addr: SocketAddr, name: &str) -> Result<Vec<Conn>, BoxError> {
         let mut out = Vec::with_capacity(self.connections);
         for _ in 0..self.connections.max(1) {
-            out.push(self.bed.channel(addr, name).await?);
+            out.push(transport::connect(&self.bed, addr, name).await?);
         }
         Ok(out)
     }
@@ -166,7 +166,7 @@ impl Env {
     async fn referral_clients(
         &self,
         name: &str,
-    ) -> Result<Vec<ReferralServiceClient<Channel>>, BoxError> {
+    ) -> Result<Vec<ReferralServiceClient<Conn>>, BoxError> {
         Ok(self
             .channels(self.gateway, name)
             .await?
@@ -224,7 +224,7 @@ pub fn referral_to_destination(subject: String) -> CreateReferralRequest {
 // === echo ===
 
 struct Echo {
-    clients: Vec<EchoServiceClient<Channel>>,
+    clients: Vec<EchoServiceClient<Conn>>,
     payload: Vec<u8>,
     reply_bytes: u32,
 }
@@ -306,7 +306,7 @@ fn echo_shape(req: usize, resp: usize) -> (Vec<u8>, u32) {
 // === create-referral ===
 
 struct Create {
-    clients: Vec<ReferralServiceClient<Channel>>,
+    clients: Vec<ReferralServiceClient<Conn>>,
 }
 
 impl Scenario for Create {
@@ -335,7 +335,7 @@ fn build_create(env: &Env) -> Pin<Box<dyn Future<Output = Result<Built, BoxError
 
 /// Mints through the gateway, keeping the tokens.
 struct Mint {
-    clients: Vec<ReferralServiceClient<Channel>>,
+    clients: Vec<ReferralServiceClient<Conn>>,
     tokens: Arc<Mutex<Vec<String>>>,
 }
 
@@ -359,7 +359,7 @@ impl Scenario for Mint {
 }
 
 struct Redeem {
-    clients: Vec<ReferralServiceClient<Channel>>,
+    clients: Vec<ReferralServiceClient<Conn>>,
     tokens: Vec<String>,
     next: AtomicUsize,
 }

@@ -20,12 +20,12 @@ use crossflow_proto::v1::{
     GetReferredUserTagsRequest, PublishTagsRequest, RedeemReferralRequest, Tag,
     referral_service_client::ReferralServiceClient, tag_service_client::TagServiceClient,
 };
-use tonic::transport::Channel;
 
 use crate::{
     BoxError,
     load::{Call, Scenario},
     scenario::{self, Built, DESTINATION, Env, ORIGIN, pick},
+    transport::Conn,
 };
 
 /// Referred users the reads go round-robin over.
@@ -54,9 +54,9 @@ fn tags() -> Vec<Tag> {
 /// Publishes, mints and redeems one referred user per request.
 struct Prepare {
     build: u64,
-    origin_tags: Vec<TagServiceClient<Channel>>,
-    origin: Vec<ReferralServiceClient<Channel>>,
-    destination: Vec<ReferralServiceClient<Channel>>,
+    origin_tags: Vec<TagServiceClient<Conn>>,
+    origin: Vec<ReferralServiceClient<Conn>>,
+    destination: Vec<ReferralServiceClient<Conn>>,
     referrals: Arc<Mutex<Vec<String>>>,
 }
 
@@ -102,7 +102,7 @@ impl Scenario for Prepare {
 
 /// The timed reads.
 struct Read {
-    clients: Vec<TagServiceClient<Channel>>,
+    clients: Vec<TagServiceClient<Conn>>,
     referrals: Vec<String>,
 }
 

@@ -11,6 +11,13 @@ use crossflow_gateway::{
 use crossflow_identity::{KeyRing, generate_dev};
 use crossflow_settings::Settings;
 
+/// mimalloc rather than glibc's malloc: buffers allocated on one thread are
+/// freed on another (runtime workers, the store writer), which glibc serves
+/// with arena locks and consolidation. The benchmark uses the same
+/// allocator; docs/BENCHMARKS.md has the measured difference.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// crossflow: a gRPC federation gateway for live-streaming commerce platforms
 /// that exchange traffic.
 #[derive(Debug, Parser)]
