@@ -123,16 +123,16 @@ impl Scenario for Report {
 pub fn build(env: &Env) -> Pin<Box<dyn Future<Output = Result<Built, BoxError>> + '_>> {
     Box::pin(async move {
         let build = BUILDS.fetch_add(1, Ordering::Relaxed);
-        let destination_channels = env.channels(env.gateway, DESTINATION).await?;
+        let destination_conns = env.conns(env.gateway, DESTINATION).await?;
         let land = Arc::new(Land {
             build,
             origin: env
-                .channels(env.gateway, ORIGIN)
+                .conns(env.gateway, ORIGIN)
                 .await?
                 .into_iter()
                 .map(ReferralServiceClient::new)
                 .collect(),
-            destination: destination_channels
+            destination: destination_conns
                 .iter()
                 .cloned()
                 .map(ReferralServiceClient::new)
@@ -158,7 +158,7 @@ pub fn build(env: &Env) -> Pin<Box<dyn Future<Output = Result<Built, BoxError>> 
         Ok(Built {
             scenario: Arc::new(Report {
                 build,
-                clients: destination_channels
+                clients: destination_conns
                     .into_iter()
                     .map(ConversionServiceClient::new)
                     .collect(),

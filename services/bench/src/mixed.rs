@@ -430,12 +430,12 @@ impl Scenario for Mint {
 async fn connect(env: &Env, ids: &[String]) -> Result<Vec<Partner>, BoxError> {
     let mut out = Vec::new();
     for id in ids {
-        let ch = transport::connect(&env.bed, env.gateway, id).await?;
+        let conn = transport::connect(&env.bed, env.gateway, id).await?;
         out.push(Partner {
-            referrals: ReferralServiceClient::new(ch.clone()),
-            tags: TagServiceClient::new(ch.clone()),
-            conversions: ConversionServiceClient::new(ch.clone()),
-            quota: QuotaServiceClient::new(ch),
+            referrals: ReferralServiceClient::new(conn.clone()),
+            tags: TagServiceClient::new(conn.clone()),
+            conversions: ConversionServiceClient::new(conn.clone()),
+            quota: QuotaServiceClient::new(conn),
         });
     }
     Ok(out)

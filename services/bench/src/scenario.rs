@@ -154,8 +154,8 @@ pub fn spec(name: &str) -> Option<&'static Spec> {
 // === impl Env ===
 
 impl Env {
-    /// `self.connections` mTLS channels to `addr` as `name`.
-    pub async fn channels(&self, addr: SocketAddr, name: &str) -> Result<Vec<Conn>, BoxError> {
+    /// `self.connections` mTLS HTTP/2 connections to `addr` as `name`.
+    pub async fn conns(&self, addr: SocketAddr, name: &str) -> Result<Vec<Conn>, BoxError> {
         let mut out = Vec::with_capacity(self.connections);
         for _ in 0..self.connections.max(1) {
             out.push(transport::connect(&self.bed, addr, name).await?);
@@ -168,7 +168,7 @@ impl Env {
         name: &str,
     ) -> Result<Vec<ReferralServiceClient<Conn>>, BoxError> {
         Ok(self
-            .channels(self.gateway, name)
+            .conns(self.gateway, name)
             .await?
             .into_iter()
             .map(ReferralServiceClient::new)
@@ -177,7 +177,7 @@ impl Env {
 }
 
 pub fn pick<T: Clone>(v: &[T], lane: usize) -> T {
-    // `channels` never returns an empty vector.
+    // `conns` never returns an empty vector.
     v[lane % v.len()].clone()
 }
 
@@ -246,7 +246,7 @@ impl Scenario for Echo {
 fn build_echo(env: &Env) -> Pin<Box<dyn Future<Output = Result<Built, BoxError>> + '_>> {
     Box::pin(async move {
         let clients = env
-            .channels(env.echo, ORIGIN)
+            .conns(env.echo, ORIGIN)
             .await?
             .into_iter()
             .map(EchoServiceClient::new)

@@ -122,20 +122,20 @@ impl Scenario for Read {
 
 pub fn build(env: &Env) -> Pin<Box<dyn Future<Output = Result<Built, BoxError>> + '_>> {
     Box::pin(async move {
-        let origin_channels = env.channels(env.gateway, ORIGIN).await?;
-        let destination_channels = env.channels(env.gateway, DESTINATION).await?;
+        let origin_conns = env.conns(env.gateway, ORIGIN).await?;
+        let destination_conns = env.conns(env.gateway, DESTINATION).await?;
         let prepare = Arc::new(Prepare {
             build: BUILDS.fetch_add(1, Ordering::Relaxed),
-            origin_tags: origin_channels
+            origin_tags: origin_conns
                 .iter()
                 .cloned()
                 .map(TagServiceClient::new)
                 .collect(),
-            origin: origin_channels
+            origin: origin_conns
                 .into_iter()
                 .map(ReferralServiceClient::new)
                 .collect(),
-            destination: destination_channels
+            destination: destination_conns
                 .iter()
                 .cloned()
                 .map(ReferralServiceClient::new)
@@ -166,7 +166,7 @@ pub fn build(env: &Env) -> Pin<Box<dyn Future<Output = Result<Built, BoxError>> 
         );
         Ok(Built {
             scenario: Arc::new(Read {
-                clients: destination_channels
+                clients: destination_conns
                     .into_iter()
                     .map(TagServiceClient::new)
                     .collect(),

@@ -6,10 +6,13 @@
 //! dispatch queue, and that hop cost the generator about a tenth of its CPU
 //! (perf, ReportConversion at 256 in flight). The generator shares the two
 //! cores with the servers it measures, so what it spends is taken from them.
-//! [`Conn`] hands requests to hyper's queue directly, and its socket writes
-//! are [`Coalesced`] like the gateway's, so requests issued together leave in
-//! one write. Every scenario, the echo baseline included, uses it; the
-//! end-to-end tests keep tonic's `Channel`.
+//! [`Conn`] hands requests to hyper's queue directly. Its socket is a plain
+//! `TcpStream` (Nagle off): h2 writes each time its connection task runs, as
+//! under tonic. Coalescing these writes as the gateway does its own
+//! (`crossflow_gateway::coalesce`) was tried and measured: it did not make
+//! ReportConversion faster and changed what the gateway receives
+//! (docs/BENCHMARKS.md). Every scenario, the echo baseline included, uses
+//! this transport; the end-to-end tests keep tonic's `Channel`.
 
 use std::{
     future::Future,
@@ -18,9 +21,10 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
+    time::Duration,
 };
 
-use crossflow_gateway::{coalesce::Coalesced, testbed::Testbed};
+use crossflow_gateway::testbed::{SERVER_NAME, Testbed};
 use http::{Request, Response, Uri, uri};
 use hyper::{body::Incoming, client::conn::http2::SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -35,21 +39,19 @@ use crate::BoxError;
 #[derive(Debug, Clone)]
 pub struct Conn {
     send: SendRequest<Body>,
+    /// `:authority` of every request (the name the server certificate is
+    /// verified against).
+    authority: uri::Authority,
 }
 
-/// The name the testbed's server certificate carries.
-const SERVER_NAME: &str = "localhost";
+/// Longest a connection (TCP, TLS and HTTP/2 handshakes) may take, as with
+/// the testbed's `Channel`.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Connects to `addr` as the testbed partner `name`.
+/// Connects to `addr` as the testbed client `name`.
 pub async fn connect(bed: &Testbed, addr: SocketAddr, name: &str) -> Result<Conn, BoxError> {
-    let pki = bed.dir.join("pki");
-    Conn::connect(
-        addr,
-        &pki.join("ca.crt"),
-        &pki.join(format!("{name}.crt")),
-        &pki.join(format!("{name}.key")),
-    )
-    .await
+    let p = bed.client_pki(name);
+    Conn::connect(addr, &p.ca, &p.cert, &p.key).await
 }
 
 // === impl Conn ===
@@ -76,24 +78,43 @@ impl Conn {
         .with_client_auth_cert(chain, key)?;
         config.alpn_protocols = vec![b"h2".to_vec()];
 
-        let tcp = TcpStream::connect(addr).await?;
-        tcp.set_nodelay(true)?;
-        let tls = TlsConnector::from(Arc::new(config))
-            .connect(ServerName::try_from(SERVER_NAME)?, Coalesced::new(tcp))
-            .await?;
-        if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
-            return Err(format!("{addr} did not negotiate h2").into());
-        }
-        let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .handshake(TokioIo::new(tls))
-            .await?;
-        tokio::spawn(async move {
-            // The connection ends when every clone of `send` is dropped; an
-            // error here surfaces in the requests it fails.
-            let _ = conn.await;
-        });
-        Ok(Conn { send })
+        let tls = TlsConnector::from(Arc::new(config));
+        let handshakes = async {
+            let tcp = TcpStream::connect(addr).await?;
+            tcp.set_nodelay(true)?;
+            handshake(tls, tcp, addr).await
+        };
+        let send = tokio::time::timeout(CONNECT_TIMEOUT, handshakes)
+            .await
+            .map_err(|_| format!("connecting to {addr}: no answer in {CONNECT_TIMEOUT:?}"))??;
+        Ok(Conn {
+            send,
+            authority: uri::Authority::from_static(SERVER_NAME),
+        })
     }
+}
+
+/// TLS (ALPN h2) and HTTP/2 over `io`; spawns the connection's task.
+async fn handshake(
+    tls: TlsConnector,
+    io: TcpStream,
+    addr: SocketAddr,
+) -> Result<SendRequest<Body>, BoxError> {
+    let tls = tls.connect(ServerName::try_from(SERVER_NAME)?, io).await?;
+    if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+        return Err(format!("{addr} did not negotiate h2").into());
+    }
+    let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake(TokioIo::new(tls))
+        .await?;
+    tokio::spawn(async move {
+        // Ends when every clone of `send` is dropped. The requests it
+        // fails see only "closed"; the cause (a TLS alert, say) is here.
+        if let Err(e) = conn.await {
+            eprintln!("connection to {addr}: {e}");
+        }
+    });
+    Ok(send)
 }
 
 impl tower::Service<Request<Body>> for Conn {
@@ -110,7 +131,7 @@ impl tower::Service<Request<Body>> for Conn {
         // authority as pseudo-headers (what `Channel` adds as the origin).
         let mut parts = std::mem::take(req.uri_mut()).into_parts();
         parts.scheme = Some(uri::Scheme::HTTPS);
-        parts.authority = Some(uri::Authority::from_static(SERVER_NAME));
+        parts.authority = Some(self.authority.clone());
         match Uri::from_parts(parts) {
             Ok(u) => *req.uri_mut() = u,
             Err(e) => return Box::pin(std::future::ready(Err(e.into()))),

@@ -102,19 +102,36 @@ impl Testbed {
         Ok(Settings::load(&self.config_path())?)
     }
 
+    /// The PEM files a client named `name` (a partner id, or
+    /// `operator-<name>`) connects with.
+    pub fn client_pki(&self, name: &str) -> ClientPki {
+        let pki = self.dir.join("pki");
+        ClientPki {
+            ca: pki.join("ca.crt"),
+            cert: pki.join(format!("{name}.crt")),
+            key: pki.join(format!("{name}.key")),
+        }
+    }
+
     /// An mTLS channel to `addr` with the certificate `pki/<name>.crt`
     /// (a partner id, or `operator-<name>`).
     pub async fn channel(&self, addr: SocketAddr, name: &str) -> Result<Channel, TestbedError> {
-        let pki = self.dir.join("pki");
-        connect(
-            addr,
-            &pki.join("ca.crt"),
-            &pki.join(format!("{name}.crt")),
-            &pki.join(format!("{name}.key")),
-        )
-        .await
+        let p = self.client_pki(name);
+        connect(addr, &p.ca, &p.cert, &p.key).await
     }
 }
+
+/// Where a testbed client's certificate, key and trusted CA are.
+#[derive(Debug, Clone)]
+pub struct ClientPki {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The name the testbed's server certificate is issued for, which clients
+/// verify.
+pub const SERVER_NAME: &str = "localhost";
 
 /// Connects to a gateway over mTLS with the given PEM files.
 pub async fn connect(
@@ -129,7 +146,7 @@ pub async fn connect(
             std::fs::read(cert)?,
             std::fs::read(key)?,
         ))
-        .domain_name("localhost");
+        .domain_name(SERVER_NAME);
     let channel = Endpoint::from_shared(format!("https://{addr}"))?
         .tls_config(tls)?
         .connect_timeout(Duration::from_secs(5))

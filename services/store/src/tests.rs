@@ -157,3 +157,24 @@ async fn unsynced_writes_are_visible_at_once_and_wait_for_no_fsync() {
     assert_eq!(all, vec![0, 1, 2, 3]);
     db.close();
 }
+
+/// The bundled SQLite is built as `.cargo/config.toml` asks: no page cache
+/// shared by all connections and no allocation statistics, each a
+/// process-wide mutex that the writer took on every page it touched. A
+/// `LIBSQLITE3_FLAGS` set in the environment replaces the file's, and this
+/// says so.
+#[test]
+fn sqlite_is_built_without_its_global_mutexes() {
+    let conn = rusqlite::Connection::open_in_memory().unwrap();
+    let mut st = conn.prepare("PRAGMA compile_options").unwrap();
+    let opts = st
+        .query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    assert!(opts.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"), "{opts:?}");
+    assert!(
+        !opts.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"),
+        "{opts:?}"
+    );
+}
