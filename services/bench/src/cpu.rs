@@ -65,7 +65,7 @@ impl CpuTimes {
             ) else {
                 continue;
             };
-            let Some(ns) = stat.split_whitespace().next().and_then(|f| f.parse().ok()) else {
+            let Some(ran) = on_cpu(&stat) else {
                 continue;
             };
             // `comm` is cut to 15 bytes: "crossflow-write", "crossflow-synce".
@@ -81,7 +81,7 @@ impl CpuTimes {
             } else {
                 continue;
             };
-            threads.insert(tid, (role, Duration::from_nanos(ns)));
+            threads.insert(tid, (role, ran));
         }
         Some(CpuTimes { threads })
     }
@@ -115,15 +115,19 @@ impl PerRequest {
     }
 }
 
+/// Time on a CPU from a `schedstat` line (its first field, in ns).
+fn on_cpu(schedstat: &str) -> Option<Duration> {
+    let ns = schedstat.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(ns))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// This thread's own CPU time.
     fn own_cpu() -> Option<Duration> {
-        let stat = fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-        let ns = stat.split_whitespace().next()?.parse().ok()?;
-        Some(Duration::from_nanos(ns))
+        on_cpu(&fs::read_to_string("/proc/thread-self/schedstat").ok()?)
     }
 
     #[test]

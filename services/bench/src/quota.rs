@@ -118,13 +118,11 @@ async fn clients(
     who: &str,
     n: usize,
 ) -> Result<Vec<ReferralServiceClient<Conn>>, BoxError> {
-    let mut out = Vec::new();
-    for _ in 0..n.max(1) {
-        out.push(ReferralServiceClient::new(
-            transport::connect(bed, addr, who).await?,
-        ));
-    }
-    Ok(out)
+    Ok(transport::connect_n(bed, addr, who, n)
+        .await?
+        .into_iter()
+        .map(ReferralServiceClient::new)
+        .collect())
 }
 
 fn record(s: &Mutex<Sample>, r: Result<(), tonic::Status>, took: Duration) {

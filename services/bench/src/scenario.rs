@@ -156,11 +156,7 @@ pub fn spec(name: &str) -> Option<&'static Spec> {
 impl Env {
     /// `self.connections` mTLS HTTP/2 connections to `addr` as `name`.
     pub async fn conns(&self, addr: SocketAddr, name: &str) -> Result<Vec<Conn>, BoxError> {
-        let mut out = Vec::with_capacity(self.connections);
-        for _ in 0..self.connections.max(1) {
-            out.push(transport::connect(&self.bed, addr, name).await?);
-        }
-        Ok(out)
+        transport::connect_n(&self.bed, addr, name, self.connections).await
     }
 
     async fn referral_clients(

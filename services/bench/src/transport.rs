@@ -39,68 +39,61 @@ use crate::BoxError;
 #[derive(Debug, Clone)]
 pub struct Conn {
     send: SendRequest<Body>,
-    /// `:authority` of every request (the name the server certificate is
-    /// verified against).
-    authority: uri::Authority,
 }
 
 /// Longest a connection (TCP, TLS and HTTP/2 handshakes) may take, as with
 /// the testbed's `Channel`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Connects to `addr` as the testbed client `name`.
+/// One connection to `addr` as the testbed client `name`.
 pub async fn connect(bed: &Testbed, addr: SocketAddr, name: &str) -> Result<Conn, BoxError> {
-    let p = bed.client_pki(name);
-    Conn::connect(addr, &p.ca, &p.cert, &p.key).await
+    let mut conns = connect_n(bed, addr, name, 1).await?;
+    conns.pop().ok_or_else(|| "no connection".into())
 }
 
-// === impl Conn ===
-
-impl Conn {
-    /// Opens an mTLS connection (ALPN h2) with the given PEM files.
-    pub async fn connect(
-        addr: SocketAddr,
-        ca: &Path,
-        cert: &Path,
-        key: &Path,
-    ) -> Result<Conn, BoxError> {
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_file_iter(ca)? {
-            roots.add(c?)?;
-        }
-        let chain = CertificateDer::pem_file_iter(cert)?.collect::<Result<Vec<_>, _>>()?;
-        let key = PrivateKeyDer::from_pem_file(key)?;
-        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)?;
-        config.alpn_protocols = vec![b"h2".to_vec()];
-
-        let tls = TlsConnector::from(Arc::new(config));
-        let handshakes = async {
-            let tcp = TcpStream::connect(addr).await?;
-            tcp.set_nodelay(true)?;
-            handshake(tls, tcp, addr).await
-        };
-        let send = tokio::time::timeout(CONNECT_TIMEOUT, handshakes)
+/// `n` (at least one) connections to `addr` as the testbed client `name`,
+/// sharing one TLS configuration: its PEM files are read once.
+pub async fn connect_n(
+    bed: &Testbed,
+    addr: SocketAddr,
+    name: &str,
+    n: usize,
+) -> Result<Vec<Conn>, BoxError> {
+    let p = bed.client_pki(name);
+    let tls = tls(&p.ca, &p.cert, &p.key)?;
+    let mut out = Vec::with_capacity(n.max(1));
+    for _ in 0..n.max(1) {
+        let send = tokio::time::timeout(CONNECT_TIMEOUT, handshake(tls.clone(), addr))
             .await
             .map_err(|_| format!("connecting to {addr}: no answer in {CONNECT_TIMEOUT:?}"))??;
-        Ok(Conn {
-            send,
-            authority: uri::Authority::from_static(SERVER_NAME),
-        })
+        out.push(Conn { send });
     }
+    Ok(out)
 }
 
-/// TLS (ALPN h2) and HTTP/2 over `io`; spawns the connection's task.
-async fn handshake(
-    tls: TlsConnector,
-    io: TcpStream,
-    addr: SocketAddr,
-) -> Result<SendRequest<Body>, BoxError> {
-    let tls = tls.connect(ServerName::try_from(SERVER_NAME)?, io).await?;
+/// A TLS client (ALPN h2) trusting `ca`, presenting `cert` and `key`.
+fn tls(ca: &Path, cert: &Path, key: &Path) -> Result<TlsConnector, BoxError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca)? {
+        roots.add(c?)?;
+    }
+    let chain = CertificateDer::pem_file_iter(cert)?.collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(key)?;
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// TCP, TLS and HTTP/2 handshakes with `addr`; spawns the connection's task.
+async fn handshake(tls: TlsConnector, addr: SocketAddr) -> Result<SendRequest<Body>, BoxError> {
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let tls = tls.connect(ServerName::try_from(SERVER_NAME)?, tcp).await?;
     if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
         return Err(format!("{addr} did not negotiate h2").into());
     }
@@ -131,7 +124,7 @@ impl tower::Service<Request<Body>> for Conn {
         // authority as pseudo-headers (what `Channel` adds as the origin).
         let mut parts = std::mem::take(req.uri_mut()).into_parts();
         parts.scheme = Some(uri::Scheme::HTTPS);
-        parts.authority = Some(self.authority.clone());
+        parts.authority = Some(uri::Authority::from_static(SERVER_NAME));
         match Uri::from_parts(parts) {
             Ok(u) => *req.uri_mut() = u,
             Err(e) => return Box::pin(std::future::ready(Err(e.into()))),
