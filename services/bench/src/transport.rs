@@ -1,18 +1,25 @@
 //! The load generator's connections: tonic's generated clients and codec
-//! over a hyper HTTP/2 connection, with the same mTLS a partner uses.
+//! over an `h2` client connection, with the same mTLS a partner uses.
 //!
-//! tonic's `Channel` puts a `tower::Buffer` in front of the connection: every
-//! request crosses an mpsc to a worker task before it reaches hyper's own
-//! dispatch queue, and that hop cost the generator about a tenth of its CPU
-//! (perf, ReportConversion at 256 in flight). The generator shares the two
-//! cores with the servers it measures, so what it spends is taken from them.
-//! [`Conn`] hands requests to hyper's queue directly. Its socket is a plain
-//! `TcpStream` (Nagle off): h2 writes each time its connection task runs, as
-//! under tonic. Coalescing these writes as the gateway does its own
-//! (`crossflow_gateway::coalesce`) was tried and measured: it did not make
-//! ReportConversion faster and changed what the gateway receives
-//! (docs/BENCHMARKS.md). Every scenario, the echo baseline included, uses
-//! this transport; the end-to-end tests keep tonic's `Channel`.
+//! The generator shares the two cores with the servers it measures, so what
+//! it spends per request is taken from them. Two client stacks were measured
+//! before this one (perf, ReportConversion at 256 in flight,
+//! docs/BENCHMARKS.md): tonic's `Channel` puts a `tower::Buffer` in front of
+//! the connection (an mpsc hop to a worker task per request, a tenth of the
+//! generator's CPU); hyper's HTTP/2 client, used directly, still hands each
+//! request through an mpsc to its connection task, spawns a task per request
+//! to wait for the answer (and another to pipe the body unless it is ready at
+//! once), and answers through a oneshot, which with the large futures moved
+//! into those tasks was about a third of the generator's samples. [`Conn`]
+//! opens the HTTP/2 stream from the calling task with `h2` itself and awaits
+//! the answer there: no task, channel or hand-off per request. Requests and
+//! answers are still encoded, framed and checked by tonic (its generated
+//! clients, codec and status handling), and the frames on the wire are the
+//! same as before: HEADERS, then one DATA with END_STREAM. The socket is a
+//! plain `TcpStream` (Nagle off); coalescing the client's writes as the
+//! gateway does its own was tried and did not help. Every scenario, the echo
+//! baseline included, uses this transport; the end-to-end tests keep tonic's
+//! `Channel`.
 
 use std::{
     future::Future,
@@ -20,14 +27,15 @@ use std::{
     path::Path,
     pin::Pin,
     sync::Arc,
-    task::{Context, Poll},
+    task::{Context, Poll, ready},
     time::Duration,
 };
 
+use bytes::{Bytes, BytesMut};
 use crossflow_gateway::testbed::{SERVER_NAME, Testbed};
+use h2::{RecvStream, client::SendRequest};
 use http::{Request, Response, Uri, uri};
-use hyper::{body::Incoming, client::conn::http2::SendRequest};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use http_body::{Body as _, Frame};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject as _};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -38,7 +46,7 @@ use crate::BoxError;
 /// One HTTP/2 connection to a server; clones share it.
 #[derive(Debug, Clone)]
 pub struct Conn {
-    send: SendRequest<Body>,
+    send: SendRequest<Bytes>,
 }
 
 /// Longest a connection (TCP, TLS and HTTP/2 handshakes) may take, as with
@@ -63,9 +71,10 @@ pub async fn connect_n(
     let tls = tls(&p.ca, &p.cert, &p.key)?;
     let mut out = Vec::with_capacity(n.max(1));
     for _ in 0..n.max(1) {
-        let send = tokio::time::timeout(CONNECT_TIMEOUT, handshake(tls.clone(), addr))
-            .await
-            .map_err(|_| format!("connecting to {addr}: no answer in {CONNECT_TIMEOUT:?}"))??;
+        let send =
+            tokio::time::timeout(CONNECT_TIMEOUT, handshake(tls.clone(), addr, STREAM_WINDOW))
+                .await
+                .map_err(|_| format!("connecting to {addr}: no answer in {CONNECT_TIMEOUT:?}"))??;
         out.push(Conn { send });
     }
     Ok(out)
@@ -89,20 +98,41 @@ fn tls(ca: &Path, cert: &Path, key: &Path) -> Result<TlsConnector, BoxError> {
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
-/// TCP, TLS and HTTP/2 handshakes with `addr`; spawns the connection's task.
-async fn handshake(tls: TlsConnector, addr: SocketAddr) -> Result<SendRequest<Body>, BoxError> {
+/// HTTP/2 settings as hyper's client sets them (h2's own windows are
+/// 64 KiB), so the gateway sees the connection it saw under hyper.
+const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
+const MAX_HEADER_LIST: u32 = 16 * 1024;
+const MAX_SEND_BUFFER: usize = 1024 * 1024;
+/// Streams opened before the server's SETTINGS say how many it allows.
+const INITIAL_MAX_SEND_STREAMS: usize = 100;
+
+/// TCP, TLS and HTTP/2 handshakes with `addr`, announcing `stream_window`;
+/// spawns the connection's task.
+async fn handshake(
+    tls: TlsConnector,
+    addr: SocketAddr,
+    stream_window: u32,
+) -> Result<SendRequest<Bytes>, BoxError> {
     let tcp = TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
     let tls = tls.connect(ServerName::try_from(SERVER_NAME)?, tcp).await?;
     if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
         return Err(format!("{addr} did not negotiate h2").into());
     }
-    let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .handshake(TokioIo::new(tls))
+    let (send, conn) = h2::client::Builder::new()
+        .initial_window_size(stream_window)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_header_list_size(MAX_HEADER_LIST)
+        .max_send_buffer_size(MAX_SEND_BUFFER)
+        .initial_max_send_streams(INITIAL_MAX_SEND_STREAMS)
+        .enable_push(false)
+        .handshake::<_, Bytes>(tls)
         .await?;
     tokio::spawn(async move {
-        // Ends when every clone of `send` is dropped. The requests it
-        // fails see only "closed"; the cause (a TLS alert, say) is here.
+        // Ends when every clone of `send` and every open stream is dropped.
+        // The requests it fails see only the error's kind; the cause (a TLS
+        // alert, say) is here.
         if let Err(e) = conn.await {
             eprintln!("connection to {addr}: {e}");
         }
@@ -111,25 +141,148 @@ async fn handshake(tls: TlsConnector, addr: SocketAddr) -> Result<SendRequest<Bo
 }
 
 impl tower::Service<Request<Body>> for Conn {
-    type Response = Response<Incoming>;
+    type Response = Response<Answer>;
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.send.poll_ready(cx).map_err(Into::into)
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Readiness for a new stream (the server's concurrent-stream limit)
+        // is awaited in the call itself, on the clone that opens the stream.
+        Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
-        // tonic's clients send the path only; HTTP/2 wants the scheme and
-        // authority as pseudo-headers (what `Channel` adds as the origin).
-        let mut parts = std::mem::take(req.uri_mut()).into_parts();
-        parts.scheme = Some(uri::Scheme::HTTPS);
-        parts.authority = Some(uri::Authority::from_static(SERVER_NAME));
-        match Uri::from_parts(parts) {
-            Ok(u) => *req.uri_mut() = u,
-            Err(e) => return Box::pin(std::future::ready(Err(e.into()))),
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let send = self.send.clone();
+        Box::pin(async move {
+            let (mut head, mut body) = req.into_parts();
+            // tonic's clients send the path only; HTTP/2 wants the scheme and
+            // authority as pseudo-headers (what `Channel` adds as the origin).
+            let mut uri = std::mem::take(&mut head.uri).into_parts();
+            uri.scheme = Some(uri::Scheme::HTTPS);
+            uri.authority = Some(uri::Authority::from_static(SERVER_NAME));
+            head.uri = Uri::from_parts(uri)?;
+            // A unary request's body is one encoded message, ready at once.
+            let mut data = BytesMut::new();
+            while let Some(frame) =
+                std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+            {
+                if let Ok(chunk) = frame?.into_data() {
+                    data.extend_from_slice(&chunk);
+                }
+            }
+            let mut send = send.ready().await?;
+            let (answer, mut stream) = send.send_request(Request::from_parts(head, ()), false)?;
+            stream.send_data(data.freeze(), true)?;
+            Ok(answer.await?.map(Answer::new))
+        })
+    }
+}
+
+/// An answer's body: its DATA frames, then its trailers (where gRPC puts
+/// the status). Each chunk read is given back to the flow-control windows
+/// at once: h2 returns a stream's unreleased credit by itself only when the
+/// stream ends, so an answer larger than the stream's window would stall.
+#[derive(Debug)]
+pub struct Answer {
+    stream: RecvStream,
+    data_done: bool,
+    done: bool,
+}
+
+impl Answer {
+    fn new(stream: RecvStream) -> Answer {
+        Answer {
+            stream,
+            data_done: false,
+            done: false,
         }
-        let sent = self.send.send_request(req);
-        Box::pin(async move { Ok(sent.await?) })
+    }
+}
+
+impl http_body::Body for Answer {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if !self.data_done {
+            match ready!(self.stream.poll_data(cx)) {
+                Some(Ok(chunk)) => {
+                    self.stream.flow_control().release_capacity(chunk.len())?;
+                    return Poll::Ready(Some(Ok(Frame::data(chunk))));
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => self.data_done = true,
+            }
+        }
+        let trailers = ready!(self.stream.poll_trailers(cx));
+        self.done = true;
+        Poll::Ready(trailers.transpose().map(|t| t.map(Frame::trailers)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.stream.is_end_stream()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use crate::{
+        FEDERATION, PARTNERS,
+        echo::{EchoServer, TlsFiles},
+        pb::{EchoRequest, echo_service_client::EchoServiceClient},
+    };
+
+    use super::*;
+
+    /// HTTP/2's smallest initial window (and h2's default).
+    const SMALL_WINDOW: u32 = 65_535;
+
+    /// Each answer is 16 times the stream's flow-control window, so it only
+    /// arrives whole if reading it gives the window back to the server as
+    /// it goes (h2 returns a stream's credit by itself only when the stream
+    /// ends).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn answers_beyond_the_stream_window_arrive() {
+        let bed = Testbed::create(None, FEDERATION, "127.0.0.1:0", PARTNERS, &[], "").unwrap();
+        let tls_files = bed.settings().unwrap().gateway.tls;
+        let echo = EchoServer::start(TlsFiles {
+            ca: &tls_files.ca,
+            cert: &tls_files.cert,
+            key: &tls_files.key,
+        })
+        .await
+        .unwrap();
+        let p = bed.client_pki(PARTNERS[0]);
+        let send = handshake(
+            tls(&p.ca, &p.cert, &p.key).unwrap(),
+            echo.addr,
+            SMALL_WINDOW,
+        )
+        .await
+        .unwrap();
+        let mut client = EchoServiceClient::new(Conn { send });
+        let reply_bytes = 16 * SMALL_WINDOW;
+        for _ in 0..3 {
+            let ask = EchoRequest {
+                payload: vec![7],
+                reply_bytes,
+            };
+            let answer = tokio::time::timeout(Duration::from_secs(20), client.echo(ask))
+                .await
+                .expect("no answer in 20 s: the stream's window was not given back")
+                .unwrap()
+                .into_inner();
+            assert_eq!(answer.payload.len(), reply_bytes as usize);
+            assert!(answer.payload.iter().all(|b| *b == 7));
+        }
+        echo.stop().await.unwrap();
     }
 }
