@@ -22,7 +22,7 @@ use crate::{
 /// same tower layer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest answer the echo will build.
-const MAX_REPLY_BYTES: usize = 1 << 20;
+pub const MAX_REPLY_BYTES: usize = 1 << 20;
 
 /// TLS files of the server under test.
 #[derive(Debug, Clone)]

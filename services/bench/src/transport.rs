@@ -15,7 +15,8 @@
 //! the answer there: no task, channel or hand-off per request. Requests and
 //! answers are still encoded, framed and checked by tonic (its generated
 //! clients, codec and status handling), and the frames on the wire are the
-//! same as before: HEADERS, then one DATA with END_STREAM. The socket is a
+//! ones hyper's client sent: HEADERS, the message in one DATA frame, then an
+//! empty DATA frame with END_STREAM. The socket is a
 //! plain `TcpStream` (Nagle off); coalescing the client's writes as the
 //! gateway does its own was tried and did not help. Every scenario, the echo
 //! baseline included, uses this transport; the end-to-end tests keep tonic's
@@ -31,7 +32,7 @@ use std::{
     time::Duration,
 };
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use crossflow_gateway::testbed::{SERVER_NAME, Testbed};
 use h2::{RecvStream, client::SendRequest};
 use http::{Request, Response, Uri, uri};
@@ -98,10 +99,12 @@ fn tls(ca: &Path, cert: &Path, key: &Path) -> Result<TlsConnector, BoxError> {
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
-/// HTTP/2 settings as hyper's client sets them (h2's own windows are
-/// 64 KiB), so the gateway sees the connection it saw under hyper.
+// HTTP/2 settings as hyper's client sets them (h2's own windows are 64 KiB),
+// so the gateway sees the SETTINGS it saw under hyper. The send-buffer size
+// and the initial stream limit are local (not sent).
 const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
+const MAX_FRAME: u32 = 16 * 1024;
 const MAX_HEADER_LIST: u32 = 16 * 1024;
 const MAX_SEND_BUFFER: usize = 1024 * 1024;
 /// Streams opened before the server's SETTINGS say how many it allows.
@@ -123,6 +126,7 @@ async fn handshake(
     let (send, conn) = h2::client::Builder::new()
         .initial_window_size(stream_window)
         .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
         .max_header_list_size(MAX_HEADER_LIST)
         .max_send_buffer_size(MAX_SEND_BUFFER)
         .initial_max_send_streams(INITIAL_MAX_SEND_STREAMS)
@@ -146,8 +150,10 @@ impl tower::Service<Request<Body>> for Conn {
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // Readiness for a new stream (the server's concurrent-stream limit)
-        // is awaited in the call itself, on the clone that opens the stream.
+        // Nothing to wait for here: h2 never opens more streams than the
+        // server allows (the ones beyond its limit wait in h2's own queue,
+        // bounded by the generator's concurrency), and a broken connection
+        // is reported by the call.
         Poll::Ready(Ok(()))
     }
 
@@ -161,27 +167,37 @@ impl tower::Service<Request<Body>> for Conn {
             uri.scheme = Some(uri::Scheme::HTTPS);
             uri.authority = Some(uri::Authority::from_static(SERVER_NAME));
             head.uri = Uri::from_parts(uri)?;
-            // A unary request's body is one encoded message, ready at once.
-            let mut data = BytesMut::new();
+            // `ready` on a fresh clone resolves at once unless the connection
+            // has failed; h2 asks for it before every `send_request`.
+            let mut send = send.ready().await?;
+            let (answer, mut stream) = send.send_request(Request::from_parts(head, ()), false)?;
+            // The body as hyper's client sent it: each chunk in its own DATA
+            // frame, then an empty DATA frame with END_STREAM once the body
+            // says it has ended (tonic's never says so before), so the server
+            // decodes the frames it always did. A unary call's body is one
+            // encoded message, ready at once; the answer is awaited only
+            // after the whole body is sent, so a call whose server answers
+            // before the client has finished sending (bidirectional
+            // streaming) is not supported.
             while let Some(frame) =
                 std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
             {
                 if let Ok(chunk) = frame?.into_data() {
-                    data.extend_from_slice(&chunk);
+                    stream.send_data(chunk, false)?;
                 }
             }
-            let mut send = send.ready().await?;
-            let (answer, mut stream) = send.send_request(Request::from_parts(head, ()), false)?;
-            stream.send_data(data.freeze(), true)?;
+            stream.send_data(Bytes::new(), true)?;
             Ok(answer.await?.map(Answer::new))
         })
     }
 }
 
 /// An answer's body: its DATA frames, then its trailers (where gRPC puts
-/// the status). Each chunk read is given back to the flow-control windows
-/// at once: h2 returns a stream's unreleased credit by itself only when the
-/// stream ends, so an answer larger than the stream's window would stall.
+/// the status). Each chunk read is given back to the stream's and the
+/// connection's flow-control windows at once: h2 never sends a stream's
+/// WINDOW_UPDATE by itself (when a stream's handles are dropped it returns
+/// the unread bytes to the connection's window only), so an answer larger
+/// than the stream's window would stall.
 #[derive(Debug)]
 pub struct Answer {
     stream: RecvStream,
@@ -236,19 +252,20 @@ mod tests {
 
     use crate::{
         FEDERATION, PARTNERS,
-        echo::{EchoServer, TlsFiles},
+        echo::{EchoServer, MAX_REPLY_BYTES, TlsFiles},
         pb::{EchoRequest, echo_service_client::EchoServiceClient},
     };
 
     use super::*;
 
-    /// HTTP/2's smallest initial window (and h2's default).
+    /// HTTP/2's default initial window (h2's too).
     const SMALL_WINDOW: u32 = 65_535;
 
     /// Each answer is 16 times the stream's flow-control window, so it only
-    /// arrives whole if reading it gives the window back to the server as
-    /// it goes (h2 returns a stream's credit by itself only when the stream
-    /// ends).
+    /// arrives whole if reading it gives the stream's window back to the
+    /// server as it goes: h2 never sends a stream's WINDOW_UPDATE by itself.
+    /// (The connection's window is not what this tests: h2 gives a finished
+    /// stream's unread bytes back to it.)
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn answers_beyond_the_stream_window_arrive() {
         let bed = Testbed::create(None, FEDERATION, "127.0.0.1:0", PARTNERS, &[], "").unwrap();
@@ -270,6 +287,10 @@ mod tests {
         .unwrap();
         let mut client = EchoServiceClient::new(Conn { send });
         let reply_bytes = 16 * SMALL_WINDOW;
+        assert!(
+            reply_bytes as usize <= MAX_REPLY_BYTES,
+            "the echo caps its answers"
+        );
         for _ in 0..3 {
             let ask = EchoRequest {
                 payload: vec![7],
