@@ -11,6 +11,12 @@
 //! started in between counts from zero); a thread that exits in between
 //! (an idle blocking thread after 10 s) is missing from the second, and its
 //! time since the first is lost.
+//!
+//! The same samples read the host's own account of its CPUs (the `cpu`
+//! line of `/proc/stat`): on a virtual machine, the share of their time the
+//! hypervisor gave to other guests while the vCPUs wanted to run (`steal`)
+//! says how much of "2 cores" a run really had. The same code measured at
+//! two times differs mostly by this.
 
 use std::{collections::HashMap, fs, time::Duration};
 
@@ -27,6 +33,17 @@ enum Role {
 #[derive(Debug, Clone, Default)]
 pub struct CpuTimes {
     threads: HashMap<u32, (Role, Duration)>,
+    /// The host's CPU time so far (all CPUs, in clock ticks), if readable.
+    host: Option<HostTicks>,
+}
+
+/// The aggregate `cpu` line of `/proc/stat`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct HostTicks {
+    /// user, nice, system, idle, iowait, irq, softirq and steal together
+    /// (guest time is already inside user and nice).
+    total: u64,
+    steal: u64,
 }
 
 /// CPU time spent per request between two samples, in µs.
@@ -41,6 +58,9 @@ pub struct PerRequest {
     pub store_us: f64,
     /// The load generator's runtime threads.
     pub client_us: f64,
+    /// Share (0 to 1) of all the host's CPU time between the two samples
+    /// that the hypervisor gave to others while this guest wanted it.
+    pub steal: Option<f64>,
 }
 
 // === impl CpuTimes ===
@@ -83,7 +103,10 @@ impl CpuTimes {
             };
             threads.insert(tid, (role, ran));
         }
-        Some(CpuTimes { threads })
+        let host = fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|t| host_ticks(&t));
+        Some(CpuTimes { threads, host })
     }
 
     /// Time spent from `before` to `self`, per request of `requests`.
@@ -102,6 +125,11 @@ impl CpuTimes {
                 Role::Client => &mut p.client_us,
             } += us;
         }
+        p.steal = self.host.zip(before.host).and_then(|(now, then)| {
+            let total = now.total.checked_sub(then.total)?;
+            let steal = now.steal.checked_sub(then.steal)?;
+            (total > 0).then(|| steal as f64 / total as f64)
+        });
         Some(p)
     }
 }
@@ -121,9 +149,61 @@ fn on_cpu(schedstat: &str) -> Option<Duration> {
     Some(Duration::from_nanos(ns))
 }
 
+/// The host's ticks from `/proc/stat`: its first line is `cpu` followed by
+/// user, nice, system, idle, iowait, irq, softirq, steal, guest and
+/// guest_nice (kernels before 2.6.11 stop before steal: `None`).
+fn host_ticks(stat: &str) -> Option<HostTicks> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let fields = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|f| f.parse::<u64>().ok())
+        .collect::<Option<Vec<u64>>>()?;
+    if fields.len() < 8 {
+        return None;
+    }
+    Some(HostTicks {
+        total: fields.iter().sum(),
+        steal: fields[7],
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_ticks_read_the_aggregate_line() {
+        let stat = "cpu  100 5 50 800 10 1 4 30 7 0\n\
+                    cpu0 50 2 25 400 5 0 2 15 3 0\n\
+                    intr 12345\n";
+        assert_eq!(
+            host_ticks(stat),
+            Some(HostTicks {
+                total: 1000,
+                steal: 30
+            })
+        );
+        assert_eq!(host_ticks("cpu  1 2 3 4 5 6 7\n"), None);
+        assert_eq!(host_ticks("cpu0 1 2 3 4 5 6 7 8\n"), None);
+        let then = CpuTimes {
+            threads: HashMap::new(),
+            host: Some(HostTicks {
+                total: 1000,
+                steal: 30,
+            }),
+        };
+        let now = CpuTimes {
+            threads: HashMap::new(),
+            host: Some(HostTicks {
+                total: 1400,
+                steal: 130,
+            }),
+        };
+        let per = now.per_request(&then, 1).expect("one request");
+        assert_eq!(per.steal, Some(0.25));
+    }
 
     /// This thread's own CPU time.
     fn own_cpu() -> Option<Duration> {

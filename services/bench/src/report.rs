@@ -244,6 +244,12 @@ fn cpu_line(c: &PerRequest) -> String {
     if c.writer_us >= 1.0 {
         s += &format!(", the one writer thread at most {:.0}", 1e6 / c.writer_us);
     }
+    if let Some(steal) = c.steal {
+        s += &format!(
+            "; meanwhile the hypervisor gave {:.0} % of the host's CPU time to others (steal)",
+            steal * 100.0
+        );
+    }
     s
 }
 
