@@ -42,7 +42,9 @@ use crossflow_proto::v1::{
 use tokio::runtime::Runtime;
 
 use crate::{
-    BoxError, echo,
+    BoxError,
+    cpu::{CpuTimes, PerRequest},
+    echo,
     load::{self, Call, Outcome, Plan, Scenario, Stop},
     report,
     scenario::{self, DESTINATION, Env, ORIGIN},
@@ -531,7 +533,9 @@ pub fn run(o: &Options, client_rt: &Runtime, server_rt: &Runtime) -> Result<(), 
     let mut shares: Vec<Vec<(u64, u64, Vec<u32>)>> = Vec::new();
     for round in 1..=o.rounds.max(1) {
         let built = client_rt.block_on((echo_spec.build)(&env))?;
+        let cpu_before = CpuTimes::sample();
         let echo_out = client_rt.block_on(load::drive(built.scenario, o.plan))?;
+        let echo_cpu = cpu_per_request(cpu_before, &echo_out);
 
         // Minting is cheaper than the mix, and only a quarter of the mix
         // redeems: minting for 60 % of the run's time leaves spare tokens.
@@ -574,7 +578,9 @@ pub fn run(o: &Options, client_rt: &Runtime, server_rt: &Runtime) -> Result<(), 
             round,
         });
         let measure_from = Instant::now() + o.plan.warmup;
+        let cpu_before = CpuTimes::sample();
         let out = client_rt.block_on(load::drive(mixed.clone(), o.plan))?;
+        let mixed_cpu = cpu_per_request(cpu_before, &out);
         let mut per: Vec<(u64, u64, Vec<u32>)> = vec![(0, 0, Vec::new()); MIX.len()];
         for (op, started, us, ok) in samples.lock().map_err(|_| "samples poisoned")?.iter() {
             if *started < measure_from {
@@ -605,6 +611,12 @@ pub fn run(o: &Options, client_rt: &Runtime, server_rt: &Runtime) -> Result<(), 
             r.tokens,
             mixed.next_token.load(Ordering::Relaxed).min(r.tokens),
         );
+        if let Some(c) = &echo_cpu {
+            println!("  round {round} echo: {}", report::cpu_line(c));
+        }
+        if let Some(c) = &mixed_cpu {
+            println!("  round {round} mixed: {}", report::cpu_line(c));
+        }
         rounds.push(r);
         shares.push(per);
     }
@@ -614,6 +626,13 @@ pub fn run(o: &Options, client_rt: &Runtime, server_rt: &Runtime) -> Result<(), 
     server_rt.block_on(echo.stop())?;
     server_rt.block_on(gateway.shutdown())?;
     Ok(())
+}
+
+/// CPU time per request (warm-up included) from `before` to now.
+fn cpu_per_request(before: Option<CpuTimes>, out: &Outcome) -> Option<PerRequest> {
+    CpuTimes::sample()
+        .zip(before)
+        .and_then(|(now, then)| now.per_request(&then, out.ok + out.errors + out.warmup_requests))
 }
 
 /// Percentile `p` of `v` (sorted, microseconds), in milliseconds.

@@ -227,7 +227,7 @@ pub fn table(rows: &[Row]) {
 /// Where a request's CPU time went, and what that allows on this machine's
 /// cores running only the server (both are upper bounds: they assume the
 /// time scales linearly and the cores are never idle).
-fn cpu_line(c: &PerRequest) -> String {
+pub(crate) fn cpu_line(c: &PerRequest) -> String {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let side = c.server_side_us();
     let mut s = format!(
