@@ -38,7 +38,7 @@ pub struct CpuTimes {
 }
 
 /// The aggregate `cpu` line of `/proc/stat`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct HostTicks {
     /// user, nice, system, idle, iowait, irq, softirq and steal together
     /// (guest time is already inside user and nice).
@@ -107,6 +107,14 @@ impl CpuTimes {
             .ok()
             .and_then(|t| host_ticks(&t));
         Some(CpuTimes { threads, host })
+    }
+
+    /// Time spent from `before` to now, per request of `requests`; `None`
+    /// where either sample could not be taken.
+    pub fn since(before: Option<CpuTimes>, requests: u64) -> Option<PerRequest> {
+        CpuTimes::sample()
+            .zip(before)
+            .and_then(|(now, then)| now.per_request(&then, requests))
     }
 
     /// Time spent from `before` to `self`, per request of `requests`.

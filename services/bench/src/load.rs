@@ -75,6 +75,12 @@ struct Lane {
 // === impl Outcome ===
 
 impl Outcome {
+    /// Every request issued, warm-up and errors included: what the CPU
+    /// sampled around the run was spent on.
+    pub fn issued(&self) -> u64 {
+        self.ok + self.errors + self.warmup_requests
+    }
+
     pub fn rps(&self) -> f64 {
         let secs = self.elapsed.as_secs_f64();
         if secs > 0.0 {

@@ -254,9 +254,7 @@ fn main() -> Result<(), BoxError> {
             let before = gateway.store.db().stats();
             let cpu_before = cpu::CpuTimes::sample();
             let outcome = client_rt.block_on(load::drive(built.scenario, plan))?;
-            let cpu = cpu::CpuTimes::sample().zip(cpu_before).and_then(|(a, b)| {
-                a.per_request(&b, outcome.ok + outcome.errors + outcome.warmup_requests)
-            });
+            let cpu = cpu::CpuTimes::since(cpu_before, outcome.issued());
             let after = gateway.store.db().stats();
             let mut row = Row::new(round, spec, outcome, built.note, before, after);
             row.cpu = cpu;

@@ -43,7 +43,7 @@ use tokio::runtime::Runtime;
 
 use crate::{
     BoxError,
-    cpu::{CpuTimes, PerRequest},
+    cpu::CpuTimes,
     echo,
     load::{self, Call, Outcome, Plan, Scenario, Stop},
     report,
@@ -535,7 +535,7 @@ pub fn run(o: &Options, client_rt: &Runtime, server_rt: &Runtime) -> Result<(), 
         let built = client_rt.block_on((echo_spec.build)(&env))?;
         let cpu_before = CpuTimes::sample();
         let echo_out = client_rt.block_on(load::drive(built.scenario, o.plan))?;
-        let echo_cpu = cpu_per_request(cpu_before, &echo_out);
+        let echo_cpu = CpuTimes::since(cpu_before, echo_out.issued());
 
         // Minting is cheaper than the mix, and only a quarter of the mix
         // redeems: minting for 60 % of the run's time leaves spare tokens.
@@ -580,7 +580,7 @@ pub fn run(o: &Options, client_rt: &Runtime, server_rt: &Runtime) -> Result<(), 
         let measure_from = Instant::now() + o.plan.warmup;
         let cpu_before = CpuTimes::sample();
         let out = client_rt.block_on(load::drive(mixed.clone(), o.plan))?;
-        let mixed_cpu = cpu_per_request(cpu_before, &out);
+        let mixed_cpu = CpuTimes::since(cpu_before, out.issued());
         let mut per: Vec<(u64, u64, Vec<u32>)> = vec![(0, 0, Vec::new()); MIX.len()];
         for (op, started, us, ok) in samples.lock().map_err(|_| "samples poisoned")?.iter() {
             if *started < measure_from {
@@ -626,13 +626,6 @@ pub fn run(o: &Options, client_rt: &Runtime, server_rt: &Runtime) -> Result<(), 
     server_rt.block_on(echo.stop())?;
     server_rt.block_on(gateway.shutdown())?;
     Ok(())
-}
-
-/// CPU time per request (warm-up included) from `before` to now.
-fn cpu_per_request(before: Option<CpuTimes>, out: &Outcome) -> Option<PerRequest> {
-    CpuTimes::sample()
-        .zip(before)
-        .and_then(|(now, then)| now.per_request(&then, out.ok + out.errors + out.warmup_requests))
 }
 
 /// Percentile `p` of `v` (sorted, microseconds), in milliseconds.

@@ -25,7 +25,6 @@
 use std::{
     future::Future,
     net::SocketAddr,
-    path::Path,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll, ready},
@@ -33,7 +32,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use crossflow_gateway::testbed::{SERVER_NAME, Testbed};
+use crossflow_gateway::testbed::{ClientPki, SERVER_NAME, Testbed};
 use h2::{RecvStream, client::SendRequest};
 use http::{Request, Response, Uri, uri};
 use http_body::{Body as _, Frame};
@@ -68,8 +67,7 @@ pub async fn connect_n(
     name: &str,
     n: usize,
 ) -> Result<Vec<Conn>, BoxError> {
-    let p = bed.client_pki(name);
-    let tls = tls(&p.ca, &p.cert, &p.key)?;
+    let tls = tls(&bed.client_pki(name))?;
     let mut out = Vec::with_capacity(n.max(1));
     for _ in 0..n.max(1) {
         let send =
@@ -81,14 +79,15 @@ pub async fn connect_n(
     Ok(out)
 }
 
-/// A TLS client (ALPN h2) trusting `ca`, presenting `cert` and `key`.
-fn tls(ca: &Path, cert: &Path, key: &Path) -> Result<TlsConnector, BoxError> {
+/// A TLS client (ALPN h2) trusting the testbed client's CA and presenting
+/// its certificate and key.
+fn tls(p: &ClientPki) -> Result<TlsConnector, BoxError> {
     let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca)? {
+    for c in CertificateDer::pem_file_iter(&p.ca)? {
         roots.add(c?)?;
     }
-    let chain = CertificateDer::pem_file_iter(cert)?.collect::<Result<Vec<_>, _>>()?;
-    let key = PrivateKeyDer::from_pem_file(key)?;
+    let chain = CertificateDer::pem_file_iter(&p.cert)?.collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(&p.key)?;
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -277,9 +276,8 @@ mod tests {
         })
         .await
         .unwrap();
-        let p = bed.client_pki(PARTNERS[0]);
         let send = handshake(
-            tls(&p.ca, &p.cert, &p.key).unwrap(),
+            tls(&bed.client_pki(PARTNERS[0])).unwrap(),
             echo.addr,
             SMALL_WINDOW,
         )
