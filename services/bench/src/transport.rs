@@ -16,9 +16,17 @@
 //! answers are still encoded, framed and checked by tonic (its generated
 //! clients, codec and status handling), and the frames on the wire are the
 //! ones hyper's client sent: HEADERS, the message in one DATA frame, then an
-//! empty DATA frame with END_STREAM. The socket is a
-//! plain `TcpStream` (Nagle off); coalescing the client's writes as the
-//! gateway does its own was tried and did not help. Every scenario, the echo
+//! empty DATA frame with END_STREAM.
+//!
+//! The socket (Nagle off) is wrapped in the gateway's own `Coalesced`, under
+//! TLS: the frames of the requests that the workers issue in one pass of the
+//! runtime (all woken by one burst of answers) leave in one TLS record and
+//! one `writev`, as a production gRPC client batches its writes (grpc-go's
+//! writer flushes when its queue is empty; grpc-java's Netty transport
+//! consolidates flushes). Written plainly, the generator made about one
+//! `writev` per request, and on loopback each one also pays for the
+//! receiver's TCP processing: a fifth of the generator's CPU per report
+//! (docs/BENCHMARKS.md, "Coalesced client writes"). Every scenario, the echo
 //! baseline included, uses this transport; the end-to-end tests keep tonic's
 //! `Channel`.
 
@@ -32,7 +40,10 @@ use std::{
 };
 
 use bytes::Bytes;
-use crossflow_gateway::testbed::{ClientPki, SERVER_NAME, Testbed};
+use crossflow_gateway::{
+    coalesce::Coalesced,
+    testbed::{ClientPki, SERVER_NAME, Testbed},
+};
 use h2::{RecvStream, client::SendRequest};
 use http::{Request, Response, Uri, uri};
 use http_body::{Body as _, Frame};
@@ -118,7 +129,12 @@ async fn handshake(
 ) -> Result<SendRequest<Bytes>, BoxError> {
     let tcp = TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
-    let tls = tls.connect(ServerName::try_from(SERVER_NAME)?, tcp).await?;
+    // Requests issued in the same pass of the runtime leave in one write,
+    // as a gRPC client's writer batches them (grpc-go's flushes when its
+    // queue is empty): see the module docs.
+    let tls = tls
+        .connect(ServerName::try_from(SERVER_NAME)?, Coalesced::new(tcp))
+        .await?;
     if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
         return Err(format!("{addr} did not negotiate h2").into());
     }
