@@ -54,7 +54,7 @@ pub struct PerRequest {
     pub server_us: f64,
     /// The store's single writer thread.
     pub writer_us: f64,
-    /// The store's other threads (the syncer).
+    /// The store's other threads (the syncer, the checkpointer).
     pub store_us: f64,
     /// The load generator's runtime threads.
     pub client_us: f64,

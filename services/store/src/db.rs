@@ -23,16 +23,35 @@
 //! before it is durable; anything derived from it that must be durable (a
 //! signed checkpoint, say) is published only after its own write is answered,
 //! which, being later in the WAL, implies the earlier batch is durable too.
+//!
+//! Checkpoints (copying the WAL's frames into the database file, with an
+//! fsync of each file) run on a checkpointer thread with its own connection,
+//! not inside the writer's commits, where SQLite's automatic checkpoint puts
+//! them: the writer's WAL hook asks for one once 1 000 frames are uncopied,
+//! and the checkpointer copies them (`PASSIVE`, blocking no one) while the
+//! writer goes on. Inside the writer a checkpoint stalled every caller
+//! queued behind it for its two fsyncs. The writer checkpoints itself only
+//! past 8 000 frames, which bounds the `-wal` file (see
+//! `WRITER_CHECKPOINT_FRAMES`).
 
 use std::{
+    cell::Cell,
     fs::File,
+    os::raw::c_int,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, mpsc},
+    sync::{
+        Arc, Condvar, Mutex,
+        atomic::{AtomicI64, Ordering},
+        mpsc,
+    },
     thread,
     time::Instant,
 };
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{
+    Connection, OpenFlags,
+    hooks::{CheckpointMode, Wal},
+};
 use tokio::sync::oneshot;
 
 use crate::{StoreError, ledger::Handoff};
@@ -41,6 +60,23 @@ use crate::{StoreError, ledger::Handoff};
 const MAX_BATCH: usize = 2048;
 /// Most idle read connections kept.
 const MAX_IDLE_READERS: usize = 16;
+/// WAL frames not yet copied into the database file past which the
+/// checkpointer thread is asked to copy them (SQLite's own automatic
+/// checkpoint threshold).
+const CHECKPOINT_FRAMES: i64 = 1000;
+/// WAL frames past which the writer checkpoints itself after a commit, as
+/// SQLite's automatic checkpoint would: the log only restarts from its
+/// beginning when a write transaction begins with every frame copied, which
+/// under a steady stream of commits the checkpointer, always a commit
+/// behind, never achieves; the writer's own checkpoint copies what the
+/// checkpointer has not (little) and lets the next transaction restart the
+/// log. This bounds the `-wal` file to about this many pages.
+const WRITER_CHECKPOINT_FRAMES: c_int = 8000;
+
+thread_local! {
+    /// Frames in the WAL after the writer's last commit (its WAL hook).
+    static WAL_FRAMES: Cell<c_int> = const { Cell::new(0) };
+}
 
 /// A schema step: applied once, in order, recorded in `schema_migrations`.
 #[derive(Debug, Clone, Copy)]
@@ -109,6 +145,8 @@ struct Inner {
     stats: Arc<Mutex<WriterStats>>,
     writer: Mutex<Option<thread::JoinHandle<()>>>,
     syncer: Mutex<Option<thread::JoinHandle<()>>>,
+    checkpointer: Mutex<Option<thread::JoinHandle<()>>>,
+    checkpoint_state: Arc<CheckpointState>,
     /// What the writer appended to the ledger, for the integrator.
     handoff: Arc<Handoff>,
     // Held for the life of the handle: two gateways on one data dir would
@@ -141,6 +179,25 @@ impl Db {
         // Migrations may have committed without an fsync too.
         sync_wal(&path)?;
 
+        // Checkpoints (copying WAL frames into the database file, with an
+        // fsync of each) run on their own thread and connection rather than
+        // inside the writer's commits; see `WRITER_CHECKPOINT_FRAMES` for
+        // the writer's own.
+        let checkpointer_conn = Connection::open(&path)?;
+        // Replaces SQLite's automatic checkpoint, which is a WAL hook too.
+        conn.wal_hook(Some(wal_committed));
+        let checkpoint_state = Arc::new(CheckpointState::default());
+        let (ckpt_tx, ckpt_rx) = mpsc::sync_channel::<()>(1);
+        let checkpointer_state = checkpoint_state.clone();
+        let checkpointer = thread::Builder::new()
+            .name("crossflow-ckpt".into())
+            .spawn(move || checkpointer_loop(checkpointer_conn, ckpt_rx, &checkpointer_state))
+            .map_err(|e| StoreError::io(&path, e))?;
+        let checkpoints = Checkpoints {
+            ask: ckpt_tx,
+            state: checkpoint_state.clone(),
+        };
+
         let (tx, rx) = mpsc::channel::<Job>();
         let (sync_tx, sync_rx) = mpsc::channel::<Committed>();
         let stats = Arc::new(Mutex::new(WriterStats::default()));
@@ -156,7 +213,7 @@ impl Db {
             .name("crossflow-writer".into())
             .spawn(move || {
                 Handoff::install(writer_handoff);
-                writer_loop(conn, rx, sync_tx)
+                writer_loop(conn, rx, sync_tx, checkpoints)
             })
             .map_err(|e| StoreError::io(&path, e))?;
         Ok(Db {
@@ -167,6 +224,8 @@ impl Db {
                 stats,
                 writer: Mutex::new(Some(writer)),
                 syncer: Mutex::new(Some(syncer)),
+                checkpointer: Mutex::new(Some(checkpointer)),
+                checkpoint_state,
                 handoff,
                 _lock: lock,
             }),
@@ -179,6 +238,13 @@ impl Db {
 
     pub(crate) fn handoff(&self) -> &Arc<Handoff> {
         &self.inner.handoff
+    }
+
+    /// Blocks until the checkpointer has done every checkpoint asked of it
+    /// so far. For benchmarks that time two stores in turn, so that neither
+    /// store's background checkpoint runs in the other's timed part.
+    pub fn wait_for_checkpoints(&self) {
+        self.inner.checkpoint_state.wait_idle();
     }
 
     pub fn stats(&self) -> WriterStats {
@@ -271,8 +337,9 @@ impl Inner {
         if let Ok(mut jobs) = self.jobs.lock() {
             jobs.take();
         }
-        // The writer ends when its queue closes, which closes the syncer's.
-        for slot in [&self.writer, &self.syncer] {
+        // The writer ends when its queue closes, which closes the syncer's
+        // and the checkpointer's.
+        for slot in [&self.writer, &self.syncer, &self.checkpointer] {
             if let Ok(mut h) = slot.lock()
                 && let Some(handle) = h.take()
             {
@@ -339,7 +406,103 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, synced: mpsc::Sender<Committed>) {
+/// The writer's line to the checkpointer.
+struct Checkpoints {
+    /// Asks for a checkpoint (holds at most one request).
+    ask: mpsc::SyncSender<()>,
+    state: Arc<CheckpointState>,
+}
+
+/// What the checkpointer has done, shared with the writer and the handle.
+#[derive(Debug, Default)]
+struct CheckpointState {
+    /// WAL frames copied, as of the last checkpoint.
+    copied: AtomicI64,
+    /// Checkpoints asked for and not yet done.
+    pending: Mutex<u64>,
+    idle: Condvar,
+}
+
+// === impl CheckpointState ===
+
+impl CheckpointState {
+    fn add_pending(&self, n: i64) {
+        if let Ok(mut p) = self.pending.lock() {
+            *p = p.saturating_add_signed(n);
+            if *p == 0 {
+                self.idle.notify_all();
+            }
+        }
+    }
+
+    fn wait_idle(&self) {
+        let Ok(mut p) = self.pending.lock() else {
+            return;
+        };
+        while *p > 0 {
+            match self.idle.wait(p) {
+                Ok(next) => p = next,
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+// === impl Checkpoints ===
+
+impl Checkpoints {
+    /// After a commit: asks for a checkpoint once `CHECKPOINT_FRAMES`
+    /// frames have not been copied.
+    fn after_commit(&self) {
+        let frames = i64::from(WAL_FRAMES.get());
+        let copied = self.state.copied.load(Ordering::Relaxed);
+        // Fewer frames than were copied: the log restarted since.
+        let copied = if frames < copied { 0 } else { copied };
+        if frames - copied >= CHECKPOINT_FRAMES {
+            // Counted before it is sent, so the checkpointer never finds
+            // nothing to count down; not sent if one is already waiting.
+            self.state.add_pending(1);
+            if self.ask.try_send(()).is_err() {
+                self.state.add_pending(-1);
+            }
+        }
+    }
+}
+
+/// The writer connection's WAL hook, run after each commit on the writer
+/// thread: notes the log's size, and checkpoints past
+/// `WRITER_CHECKPOINT_FRAMES`. It never fails the commit, which has
+/// happened (an error here would be reported as the COMMIT's).
+fn wal_committed(wal: &Wal, frames: c_int) -> rusqlite::Result<()> {
+    WAL_FRAMES.set(frames);
+    if frames >= WRITER_CHECKPOINT_FRAMES
+        && let Err(e) = wal.checkpoint_v2(CheckpointMode::PASSIVE)
+    {
+        tracing::warn!(error = %e, frames, "store checkpoint failed");
+    }
+    Ok(())
+}
+
+/// Copies the WAL into the database file when the writer asks.
+/// `PASSIVE`: it never waits for, or blocks, the writer or a reader; what
+/// a reader still needs is copied next time.
+fn checkpointer_loop(conn: Connection, asks: mpsc::Receiver<()>, state: &CheckpointState) {
+    while asks.recv().is_ok() {
+        let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(2));
+        match done {
+            Ok(n) => state.copied.store(n, Ordering::Relaxed),
+            Err(e) => tracing::warn!(error = %e, "store checkpoint failed"),
+        }
+        state.add_pending(-1);
+    }
+}
+
+fn writer_loop(
+    conn: Connection,
+    rx: mpsc::Receiver<Job>,
+    synced: mpsc::Sender<Committed>,
+    checkpoints: Checkpoints,
+) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     while let Ok(first) = rx.recv() {
         batch.push(first);
@@ -356,6 +519,7 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, synced: mpsc::Sender<C
         if let Err(e) = &result {
             tracing::error!(error = %e, writes, "store commit failed");
         }
+        checkpoints.after_commit();
         for d in unsynced {
             d(result.as_ref().err());
         }
