@@ -19,16 +19,23 @@
 //! empty DATA frame with END_STREAM.
 //!
 //! The socket (Nagle off) is wrapped in the gateway's own `Coalesced`, under
-//! TLS: the frames of the requests that the workers issue in one pass of the
-//! runtime (all woken by one burst of answers) leave in one TLS record and
-//! one `writev`, as a production gRPC client batches its writes (grpc-go's
-//! writer flushes when its queue is empty; grpc-java's Netty transport
-//! consolidates flushes). Written plainly, the generator made about one
-//! `writev` per request, and on loopback each one also pays for the
-//! receiver's TCP processing: a fifth of the generator's CPU per report
-//! (docs/BENCHMARKS.md, "Coalesced client writes"). Every scenario, the echo
-//! baseline included, uses this transport; the end-to-end tests keep tonic's
-//! `Channel`.
+//! TLS: what the workers issue in one pass of the runtime (all woken by one
+//! burst of answers) is buffered and leaves in one `send` (a few TLS
+//! records: one per h2 flush), as production gRPC clients batch their
+//! writes (grpc-go's writer flushes when its queue is empty; grpc-java's
+//! Netty transport consolidates flushes). Written plainly, the generator
+//! made about one `writev` per request, and on loopback each one also pays
+//! for the receiver's TCP processing: about a quarter of the generator's CPU
+//! per report (docs/BENCHMARKS.md, "Another host; coalesced client writes
+//! and background checkpoints"). The gateway then reads fewer, larger
+//! chunks, so its CPU per request is not comparable with figures taken
+//! before (commit 3081131). This holds while a request's message is under
+//! h2's 256-byte chaining threshold (echo's and CreateReferral's are 62 B;
+//! a RedeemReferral carries a sealed token and may not be): a larger DATA
+//! payload is chained rather than copied, and h2 flushes before it buffers
+//! the next one, which through `Coalesced` is a yield and a write per
+//! request. Every scenario, the echo baseline included, uses this
+//! transport; the end-to-end tests keep tonic's `Channel`.
 
 use std::{
     future::Future,

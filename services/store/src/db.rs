@@ -27,8 +27,9 @@
 //! Checkpoints (copying the WAL's frames into the database file, with an
 //! fsync of each file) run on a checkpointer thread with its own connection,
 //! not inside the writer's commits, where SQLite's automatic checkpoint puts
-//! them: the writer's WAL hook asks for one once 1 000 frames are uncopied,
-//! and the checkpointer copies them (`PASSIVE`, blocking no one) while the
+//! them: after a commit that leaves 1 000 frames uncopied (the writer's WAL
+//! hook counts them) the writer asks for one, and the checkpointer copies
+//! them (`PASSIVE`: it waits for no reader and holds up no commit) while the
 //! writer goes on. Inside the writer a checkpoint stalled every caller
 //! queued behind it for its two fsyncs. The writer checkpoints itself only
 //! past 8 000 frames, which bounds the `-wal` file (see
@@ -40,18 +41,15 @@ use std::{
     os::raw::c_int,
     path::{Path, PathBuf},
     sync::{
-        Arc, Condvar, Mutex,
-        atomic::{AtomicI64, Ordering},
+        Arc, Condvar, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
         mpsc,
     },
     thread,
     time::Instant,
 };
 
-use rusqlite::{
-    Connection, OpenFlags,
-    hooks::{CheckpointMode, Wal},
-};
+use rusqlite::{Connection, OpenFlags, hooks::Wal};
 use tokio::sync::oneshot;
 
 use crate::{StoreError, ledger::Handoff};
@@ -60,18 +58,20 @@ use crate::{StoreError, ledger::Handoff};
 const MAX_BATCH: usize = 2048;
 /// Most idle read connections kept.
 const MAX_IDLE_READERS: usize = 16;
-/// WAL frames not yet copied into the database file past which the
-/// checkpointer thread is asked to copy them (SQLite's own automatic
-/// checkpoint threshold).
+/// Uncopied WAL frames past which the writer asks the checkpointer to copy
+/// them into the database file (SQLite's automatic checkpoint runs past
+/// 1 000 frames in the log).
 const CHECKPOINT_FRAMES: i64 = 1000;
-/// WAL frames past which the writer checkpoints itself after a commit, as
-/// SQLite's automatic checkpoint would: the log only restarts from its
-/// beginning when a write transaction begins with every frame copied, which
-/// under a steady stream of commits the checkpointer, always a commit
-/// behind, never achieves; the writer's own checkpoint copies what the
-/// checkpointer has not (little) and lets the next transaction restart the
-/// log. This bounds the `-wal` file to about this many pages.
-const WRITER_CHECKPOINT_FRAMES: c_int = 8000;
+/// Frames in the WAL past which the writer checkpoints itself, once the
+/// batch it just committed is on its way to the syncer. The log restarts
+/// from its beginning only when a write transaction begins with every frame
+/// copied, and under back-to-back commits the checkpointer, which copies
+/// the log as it was when it started, may never get there; the writer's
+/// checkpoint (after the checkpointer's running one, see
+/// `CheckpointState::running`) copies the rest, and the next transaction
+/// restarts the log. With no reader holding an old snapshot, this bounds
+/// the `-wal` file to this many frames plus one batch's.
+const WRITER_CHECKPOINT_FRAMES: i64 = 8000;
 
 thread_local! {
     /// Frames in the WAL after the writer's last commit (its WAL hook).
@@ -129,6 +129,10 @@ pub struct WriterStats {
     /// Time from the syncer taking a batch to its callers being answered,
     /// last fsynced batch.
     pub last_commit_micros: u64,
+    /// WAL checkpoints run by the checkpointer thread.
+    pub checkpoints: u64,
+    /// WAL checkpoints the writer ran itself (past 8 000 frames).
+    pub writer_checkpoints: u64,
 }
 
 /// A handle to the embedded database. Cheap to clone.
@@ -152,6 +156,29 @@ struct Inner {
     // Held for the life of the handle: two gateways on one data dir would
     // break the single-writer rule.
     _lock: File,
+}
+
+/// The writer's line to the checkpointer.
+struct Checkpoints {
+    /// Asks for a checkpoint (holds at most one request).
+    ask: mpsc::SyncSender<()>,
+    state: Arc<CheckpointState>,
+}
+
+/// What the writer, the checkpointer and the handle share about checkpoints.
+#[derive(Debug, Default)]
+struct CheckpointState {
+    /// Held around every checkpoint. SQLite runs one at a time and refuses
+    /// a second at once (`SQLITE_BUSY`, no busy handler), so the writer's
+    /// own checkpoint waits here for the checkpointer's to end instead.
+    running: Mutex<()>,
+    /// (frames in the log, frames copied) as of the last checkpoint.
+    last: Mutex<(i64, i64)>,
+    /// Checkpoints asked of the checkpointer and not yet done.
+    pending: Mutex<u64>,
+    idle: Condvar,
+    by_checkpointer: AtomicU64,
+    by_writer: AtomicU64,
 }
 
 // === impl Db ===
@@ -240,15 +267,22 @@ impl Db {
         &self.inner.handoff
     }
 
-    /// Blocks until the checkpointer has done every checkpoint asked of it
-    /// so far. For benchmarks that time two stores in turn, so that neither
-    /// store's background checkpoint runs in the other's timed part.
+    /// Blocks the calling thread until the checkpointer has done every
+    /// checkpoint asked of it so far (a write is answered after its batch
+    /// asked for one, if it did). For benchmarks that time two stores in
+    /// turn, so that neither store's background checkpoint runs in the
+    /// other's timed part; off an async runtime's worker, or in
+    /// `block_in_place`.
     pub fn wait_for_checkpoints(&self) {
         self.inner.checkpoint_state.wait_idle();
     }
 
     pub fn stats(&self) -> WriterStats {
-        self.inner.stats.lock().map(|s| *s).unwrap_or_default()
+        let mut s = self.inner.stats.lock().map(|s| *s).unwrap_or_default();
+        let c = &self.inner.checkpoint_state;
+        s.checkpoints = c.by_checkpointer.load(Ordering::Relaxed);
+        s.writer_checkpoints = c.by_writer.load(Ordering::Relaxed);
+        s
     }
 
     /// Runs `f` in the writer's next batch and returns its result once the
@@ -374,6 +408,104 @@ impl Inner {
     }
 }
 
+// === impl Checkpoints ===
+
+impl Checkpoints {
+    /// After a commit, before its callers are answered: asks the
+    /// checkpointer for a checkpoint once `CHECKPOINT_FRAMES` frames are
+    /// uncopied (so a caller answered after this knows it was asked).
+    /// Returns whether the writer should rather checkpoint itself, which it
+    /// does with [`Checkpoints::by_writer`] once the batch is on its way.
+    fn after_commit(&self) -> bool {
+        let frames = i64::from(WAL_FRAMES.get());
+        if frames >= WRITER_CHECKPOINT_FRAMES {
+            return true;
+        }
+        if self.state.uncopied(frames) >= CHECKPOINT_FRAMES {
+            // Counted before it is sent, so the checkpointer never finds
+            // nothing to count down; not sent if one is already waiting.
+            self.state.add_pending(1);
+            if self.ask.try_send(()).is_err() {
+                self.state.add_pending(-1);
+            }
+        }
+        false
+    }
+
+    /// The writer's own checkpoint, past `WRITER_CHECKPOINT_FRAMES`.
+    fn by_writer(&self, conn: &Connection) {
+        if self.state.checkpoint(conn) {
+            self.state.by_writer.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+// === impl CheckpointState ===
+
+impl CheckpointState {
+    /// A `PASSIVE` checkpoint on `conn`, after any other one ends: copies
+    /// the frames no reader still needs (the rest next time) and waits for
+    /// no reader or writer. Whether it ran.
+    fn checkpoint(&self, conn: &Connection) -> bool {
+        let _running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        let done = conn
+            .prepare_cached("PRAGMA wal_checkpoint(PASSIVE)")
+            .and_then(|mut st| {
+                st.query_row([], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })
+            });
+        match done {
+            // Not busy, and in WAL mode (else -1s).
+            Ok((0, log, copied)) if log >= 0 && copied >= 0 => {
+                *self.last.lock().unwrap_or_else(PoisonError::into_inner) = (log, copied);
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, "store checkpoint failed");
+                false
+            }
+        }
+    }
+
+    /// Frames not copied of the `frames` now in the log.
+    fn uncopied(&self, frames: i64) -> i64 {
+        let (log, copied) = *self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        // Fewer frames than the log had: it restarted since, from frame 0.
+        if frames < log {
+            frames
+        } else {
+            frames - copied
+        }
+    }
+
+    fn add_pending(&self, n: i64) {
+        let mut p = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        *p = p.saturating_add_signed(n);
+        if *p == 0 {
+            self.idle.notify_all();
+        }
+    }
+
+    /// The checkpointer has ended: nothing asked of it will be done.
+    fn release_waiters(&self) {
+        *self.pending.lock().unwrap_or_else(PoisonError::into_inner) = 0;
+        self.idle.notify_all();
+    }
+
+    fn wait_idle(&self) {
+        let mut p = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        while *p > 0 {
+            p = self.idle.wait(p).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
 fn migrate(conn: &mut Connection, migrations: &[Migration]) -> Result<(), StoreError> {
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -406,92 +538,29 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// The writer's line to the checkpointer.
-struct Checkpoints {
-    /// Asks for a checkpoint (holds at most one request).
-    ask: mpsc::SyncSender<()>,
-    state: Arc<CheckpointState>,
-}
-
-/// What the checkpointer has done, shared with the writer and the handle.
-#[derive(Debug, Default)]
-struct CheckpointState {
-    /// WAL frames copied, as of the last checkpoint.
-    copied: AtomicI64,
-    /// Checkpoints asked for and not yet done.
-    pending: Mutex<u64>,
-    idle: Condvar,
-}
-
-// === impl CheckpointState ===
-
-impl CheckpointState {
-    fn add_pending(&self, n: i64) {
-        if let Ok(mut p) = self.pending.lock() {
-            *p = p.saturating_add_signed(n);
-            if *p == 0 {
-                self.idle.notify_all();
-            }
-        }
-    }
-
-    fn wait_idle(&self) {
-        let Ok(mut p) = self.pending.lock() else {
-            return;
-        };
-        while *p > 0 {
-            match self.idle.wait(p) {
-                Ok(next) => p = next,
-                Err(_) => return,
-            }
-        }
-    }
-}
-
-// === impl Checkpoints ===
-
-impl Checkpoints {
-    /// After a commit: asks for a checkpoint once `CHECKPOINT_FRAMES`
-    /// frames have not been copied.
-    fn after_commit(&self) {
-        let frames = i64::from(WAL_FRAMES.get());
-        let copied = self.state.copied.load(Ordering::Relaxed);
-        // Fewer frames than were copied: the log restarted since.
-        let copied = if frames < copied { 0 } else { copied };
-        if frames - copied >= CHECKPOINT_FRAMES {
-            // Counted before it is sent, so the checkpointer never finds
-            // nothing to count down; not sent if one is already waiting.
-            self.state.add_pending(1);
-            if self.ask.try_send(()).is_err() {
-                self.state.add_pending(-1);
-            }
-        }
-    }
-}
-
-/// The writer connection's WAL hook, run after each commit on the writer
-/// thread: notes the log's size, and checkpoints past
-/// `WRITER_CHECKPOINT_FRAMES`. It never fails the commit, which has
-/// happened (an error here would be reported as the COMMIT's).
-fn wal_committed(wal: &Wal, frames: c_int) -> rusqlite::Result<()> {
+/// The writer connection's WAL hook, run on the writer thread after each
+/// commit: notes the log's size for `Checkpoints`. Installing it turns
+/// SQLite's automatic checkpoint off (that is a WAL hook too). It never
+/// fails: the commit has happened, and an error here would be reported as
+/// the COMMIT's.
+fn wal_committed(_wal: &Wal, frames: c_int) -> rusqlite::Result<()> {
     WAL_FRAMES.set(frames);
-    if frames >= WRITER_CHECKPOINT_FRAMES
-        && let Err(e) = wal.checkpoint_v2(CheckpointMode::PASSIVE)
-    {
-        tracing::warn!(error = %e, frames, "store checkpoint failed");
-    }
     Ok(())
 }
 
-/// Copies the WAL into the database file when the writer asks.
-/// `PASSIVE`: it never waits for, or blocks, the writer or a reader; what
-/// a reader still needs is copied next time.
+/// Copies the WAL into the database file when the writer asks. However
+/// the thread ends, nobody waits for it any more.
 fn checkpointer_loop(conn: Connection, asks: mpsc::Receiver<()>, state: &CheckpointState) {
+    struct Gone<'a>(&'a CheckpointState);
+    impl Drop for Gone<'_> {
+        fn drop(&mut self) {
+            self.0.release_waiters();
+        }
+    }
+    let _gone = Gone(state);
     while asks.recv().is_ok() {
-        let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(2));
-        match done {
-            Ok(n) => state.copied.store(n, Ordering::Relaxed),
-            Err(e) => tracing::warn!(error = %e, "store checkpoint failed"),
+        if state.checkpoint(&conn) {
+            state.by_checkpointer.fetch_add(1, Ordering::Relaxed);
         }
         state.add_pending(-1);
     }
@@ -519,7 +588,7 @@ fn writer_loop(
         if let Err(e) = &result {
             tracing::error!(error = %e, writes, "store commit failed");
         }
-        checkpoints.after_commit();
+        let checkpoint_here = checkpoints.after_commit();
         for d in unsynced {
             d(result.as_ref().err());
         }
@@ -532,6 +601,9 @@ fn writer_loop(
             .is_err()
         {
             return;
+        }
+        if checkpoint_here {
+            checkpoints.by_writer(&conn);
         }
     }
 }
