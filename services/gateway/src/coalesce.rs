@@ -1,5 +1,4 @@
-//! Write coalescing for accepted connections (and for the load generator's
-//! client connections, `crossflow-bench`'s transport).
+//! Write coalescing for accepted connections (and any other).
 //!
 //! HTTP/2 writes whatever its streams have ready each time the connection
 //! task runs, and the task runs as soon as one response is ready: answers

@@ -40,11 +40,7 @@ use std::{
     fs::File,
     os::raw::c_int,
     path::{Path, PathBuf},
-    sync::{
-        Arc, Condvar, Mutex, PoisonError,
-        atomic::{AtomicU64, Ordering},
-        mpsc,
-    },
+    sync::{Arc, Condvar, Mutex, PoisonError, mpsc},
     thread,
     time::Instant,
 };
@@ -166,7 +162,7 @@ struct Checkpoints {
 }
 
 /// What the writer, the checkpointer and the handle share about checkpoints.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct CheckpointState {
     /// Held around every checkpoint. SQLite runs one at a time and refuses
     /// a second at once (`SQLITE_BUSY`, no busy handler), so the writer's
@@ -177,8 +173,8 @@ struct CheckpointState {
     /// Checkpoints asked of the checkpointer and not yet done.
     pending: Mutex<u64>,
     idle: Condvar,
-    by_checkpointer: AtomicU64,
-    by_writer: AtomicU64,
+    /// The writer's statistics, where checkpoints are counted.
+    stats: Arc<Mutex<WriterStats>>,
 }
 
 // === impl Db ===
@@ -213,7 +209,8 @@ impl Db {
         let checkpointer_conn = Connection::open(&path)?;
         // Replaces SQLite's automatic checkpoint, which is a WAL hook too.
         conn.wal_hook(Some(wal_committed));
-        let checkpoint_state = Arc::new(CheckpointState::default());
+        let stats = Arc::new(Mutex::new(WriterStats::default()));
+        let checkpoint_state = Arc::new(CheckpointState::new(stats.clone()));
         let (ckpt_tx, ckpt_rx) = mpsc::sync_channel::<()>(1);
         let checkpointer_state = checkpoint_state.clone();
         let checkpointer = thread::Builder::new()
@@ -227,7 +224,6 @@ impl Db {
 
         let (tx, rx) = mpsc::channel::<Job>();
         let (sync_tx, sync_rx) = mpsc::channel::<Committed>();
-        let stats = Arc::new(Mutex::new(WriterStats::default()));
         let syncer_stats = stats.clone();
         let sync_path = path.clone();
         let syncer = thread::Builder::new()
@@ -278,11 +274,7 @@ impl Db {
     }
 
     pub fn stats(&self) -> WriterStats {
-        let mut s = self.inner.stats.lock().map(|s| *s).unwrap_or_default();
-        let c = &self.inner.checkpoint_state;
-        s.checkpoints = c.by_checkpointer.load(Ordering::Relaxed);
-        s.writer_checkpoints = c.by_writer.load(Ordering::Relaxed);
-        s
+        self.inner.stats.lock().map(|s| *s).unwrap_or_default()
     }
 
     /// Runs `f` in the writer's next batch and returns its result once the
@@ -415,7 +407,7 @@ impl Checkpoints {
     /// checkpointer for a checkpoint once `CHECKPOINT_FRAMES` frames are
     /// uncopied (so a caller answered after this knows it was asked).
     /// Returns whether the writer should rather checkpoint itself, which it
-    /// does with [`Checkpoints::by_writer`] once the batch is on its way.
+    /// does once the batch is on its way.
     fn after_commit(&self) -> bool {
         let frames = i64::from(WAL_FRAMES.get());
         if frames >= WRITER_CHECKPOINT_FRAMES {
@@ -431,22 +423,25 @@ impl Checkpoints {
         }
         false
     }
-
-    /// The writer's own checkpoint, past `WRITER_CHECKPOINT_FRAMES`.
-    fn by_writer(&self, conn: &Connection) {
-        if self.state.checkpoint(conn) {
-            self.state.by_writer.fetch_add(1, Ordering::Relaxed);
-        }
-    }
 }
 
 // === impl CheckpointState ===
 
 impl CheckpointState {
+    fn new(stats: Arc<Mutex<WriterStats>>) -> CheckpointState {
+        CheckpointState {
+            running: Mutex::new(()),
+            last: Mutex::new((0, 0)),
+            pending: Mutex::new(0),
+            idle: Condvar::new(),
+            stats,
+        }
+    }
+
     /// A `PASSIVE` checkpoint on `conn`, after any other one ends: copies
     /// the frames no reader still needs (the rest next time) and waits for
-    /// no reader or writer. Whether it ran.
-    fn checkpoint(&self, conn: &Connection) -> bool {
+    /// no reader or writer. Counted as the writer's or the checkpointer's.
+    fn checkpoint(&self, conn: &Connection, by_writer: bool) {
         let _running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
         let done = conn
             .prepare_cached("PRAGMA wal_checkpoint(PASSIVE)")
@@ -463,13 +458,14 @@ impl CheckpointState {
             // Not busy, and in WAL mode (else -1s).
             Ok((0, log, copied)) if log >= 0 && copied >= 0 => {
                 *self.last.lock().unwrap_or_else(PoisonError::into_inner) = (log, copied);
-                true
+                let mut s = self.stats.lock().unwrap_or_else(PoisonError::into_inner);
+                match by_writer {
+                    true => s.writer_checkpoints += 1,
+                    false => s.checkpoints += 1,
+                }
             }
-            Ok(_) => false,
-            Err(e) => {
-                tracing::warn!(error = %e, "store checkpoint failed");
-                false
-            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "store checkpoint failed"),
         }
     }
 
@@ -559,9 +555,7 @@ fn checkpointer_loop(conn: Connection, asks: mpsc::Receiver<()>, state: &Checkpo
     }
     let _gone = Gone(state);
     while asks.recv().is_ok() {
-        if state.checkpoint(&conn) {
-            state.by_checkpointer.fetch_add(1, Ordering::Relaxed);
-        }
+        state.checkpoint(&conn, false);
         state.add_pending(-1);
     }
 }
@@ -603,7 +597,7 @@ fn writer_loop(
             return;
         }
         if checkpoint_here {
-            checkpoints.by_writer(&conn);
+            checkpoints.state.checkpoint(&conn, true);
         }
     }
 }

@@ -236,7 +236,7 @@ async fn the_wal_stays_bounded_under_back_to_back_commits() {
     // checkpoint threshold. Whether the checkpointer alone would have let
     // the log restart (it can, when one of its runs ends while the writer
     // waits for an fsync) depends on the disk: on this project's VM it did
-    // not (12 525 frames with the writer's checkpoint taken out). The bound
+    // not (12 400-12 525 frames with the writer's checkpoint taken out). The bound
     // must hold either way.
     let tasks: Vec<_> = (0..8)
         .map(|_| {
