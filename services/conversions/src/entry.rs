@@ -10,7 +10,6 @@
 use std::collections::BTreeMap;
 
 use base64::Engine as _;
-use ring::rand::{SecureRandom, SystemRandom};
 use serde::Serialize;
 
 /// Version of the entry schema.
@@ -139,9 +138,7 @@ pub enum EntryError {
 /// 16 random bytes from the system generator, base64 (standard, padded).
 pub fn salt() -> Result<String, EntryError> {
     let mut b = [0u8; 16];
-    SystemRandom::new()
-        .fill(&mut b)
-        .map_err(|_| EntryError::Random)?;
+    crossflow_identity::random::fill(&mut b).map_err(|_| EntryError::Random)?;
     Ok(base64::engine::general_purpose::STANDARD.encode(b))
 }
 

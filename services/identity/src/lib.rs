@@ -9,6 +9,7 @@
 //! - [`token`]: [`KeyRing::seal`] / [`KeyRing::open`] of [`ReferralClaims`].
 //! - [`spiffe`]: [`principal_from_cert`] and the slug rule [`is_valid_slug`].
 //! - [`pki`]: [`generate_dev`] and [`generate_foreign_client`] for tests and demos.
+//! - [`random`]: [`random::fill`], system randomness fetched in blocks.
 
 #![forbid(unsafe_code)]
 
@@ -16,6 +17,7 @@ mod error;
 mod fsutil;
 pub mod keys;
 pub mod pki;
+pub mod random;
 pub mod spiffe;
 pub mod token;
 

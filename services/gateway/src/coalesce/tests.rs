@@ -94,7 +94,7 @@ fn flush(c: &mut Coalesced<Sink>, cx: &mut Context<'_>) -> Poll<io::Result<()>> 
 }
 
 #[test]
-fn writes_wait_for_a_flush_that_yields_once_then_sends_them_in_one_write() {
+fn writes_wait_for_a_flush_that_yields_then_sends_them_in_one_write() {
     let wakes = Arc::new(Wakes::default());
     let waker = Waker::from(wakes.clone());
     let mut cx = Context::from_waker(&waker);
@@ -115,9 +115,14 @@ fn writes_wait_for_a_flush_that_yields_once_then_sends_them_in_one_write() {
     assert!(flush(&mut c, &mut cx).is_pending());
     assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
     assert!(c.io.writes().is_empty());
-    // What other tasks add meanwhile leaves with it.
+    // What other tasks add meanwhile leaves with it; as the pass brought
+    // more, the flush yields once more.
     assert!(write(&mut c, &mut cx, b" next").is_ready());
+    assert!(flush(&mut c, &mut cx).is_pending());
+    assert_eq!(wakes.0.load(Ordering::SeqCst), 2);
+    assert!(c.io.writes().is_empty());
 
+    // A pass that brings nothing ends the yielding.
     assert!(matches!(flush(&mut c, &mut cx), Poll::Ready(Ok(()))));
     assert_eq!(c.io.writes(), vec![b"headers data trailers next".to_vec()]);
     assert_eq!(c.io.flushed, 1);
@@ -125,13 +130,33 @@ fn writes_wait_for_a_flush_that_yields_once_then_sends_them_in_one_write() {
 
     // A flush with nothing buffered neither yields nor writes.
     assert!(matches!(flush(&mut c, &mut cx), Poll::Ready(Ok(()))));
-    assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+    assert_eq!(wakes.0.load(Ordering::SeqCst), 2);
     assert_eq!(c.io.writes().len(), 1);
     // The next flush yields again.
     assert!(write(&mut c, &mut cx, b"again").is_ready());
     assert!(flush(&mut c, &mut cx).is_pending());
     assert!(flush(&mut c, &mut cx).is_ready());
     assert_eq!(c.io.writes().len(), 2);
+}
+
+#[test]
+fn a_flush_yields_at_most_max_yields_times_however_much_keeps_coming() {
+    let wakes = Arc::new(Wakes::default());
+    let waker = Waker::from(wakes.clone());
+    let mut cx = Context::from_waker(&waker);
+    let mut c = Coalesced::new(Sink::default());
+
+    for _ in 0..MAX_YIELDS {
+        assert!(write(&mut c, &mut cx, b"x").is_ready());
+        assert!(flush(&mut c, &mut cx).is_pending());
+    }
+    assert!(write(&mut c, &mut cx, b"x").is_ready());
+    assert!(matches!(flush(&mut c, &mut cx), Poll::Ready(Ok(()))));
+    assert_eq!(wakes.0.load(Ordering::SeqCst), usize::from(MAX_YIELDS));
+    assert_eq!(c.io.writes(), vec![vec![b'x'; usize::from(MAX_YIELDS) + 1]]);
+    // The count starts again with the next flush.
+    assert!(write(&mut c, &mut cx, b"y").is_ready());
+    assert!(flush(&mut c, &mut cx).is_pending());
 }
 
 #[test]
