@@ -88,7 +88,8 @@ impl LandingStore for Sqlite {
                     return Ok(Redeemed::Existing(existing));
                 }
                 insert(conn, &landing)?;
-                Ok(Redeemed::New(landing))
+                // A clone: the closure may run twice (see `Db::write`).
+                Ok(Redeemed::New(landing.clone()))
             })
             .await
     }

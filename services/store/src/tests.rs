@@ -269,3 +269,112 @@ async fn the_wal_stays_bounded_under_back_to_back_commits() {
     assert_eq!(rows, 800);
     db.close();
 }
+
+/// Queues `n` writes into one batch (the writer is held by a write of its
+/// own until all are queued) and returns their answers and how often each
+/// closure ran. Write `k` inserts `k` into `blobs`; the one `fail` names
+/// fails after its insert.
+async fn one_batch(
+    db: &Db,
+    n: i64,
+    fail: Option<i64>,
+) -> (Vec<Result<i64, StoreError>>, Vec<usize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let holder = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            db.write(move |_| {
+                let _ = started_tx.send(());
+                let _ = release_rx.recv();
+                Ok(())
+            })
+            .await
+        })
+    };
+    tokio::task::spawn_blocking(move || started_rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let runs: Arc<Vec<AtomicUsize>> = Arc::new((0..n).map(|_| AtomicUsize::new(0)).collect());
+    let mut writes: Vec<_> = (0..n)
+        .map(|k| {
+            let runs = runs.clone();
+            Box::pin(db.write(move |c| {
+                runs[k as usize].fetch_add(1, Ordering::SeqCst);
+                c.execute(
+                    "INSERT INTO blobs (id, b) VALUES (?1, X'00')",
+                    [k + 1000 * i64::from(fail.is_some())],
+                )?;
+                if Some(k) == fail {
+                    return Err(StoreError::Corrupt(format!("write {k} fails")));
+                }
+                Ok(k)
+            }))
+        })
+        .collect();
+    // One poll each queues every write while the writer is held.
+    for w in &mut writes {
+        std::future::poll_fn(|cx| {
+            let _ = w.as_mut().poll(cx);
+            std::task::Poll::Ready(())
+        })
+        .await;
+    }
+    let commits = db.stats().commits;
+    release_tx.send(()).unwrap();
+    holder.await.unwrap().unwrap();
+    let mut answers = Vec::new();
+    for w in writes {
+        answers.push(w.await);
+    }
+    // The holder's batch, then one batch of all `n`.
+    assert_eq!(
+        db.stats().commits,
+        commits + 2,
+        "the writes were not one batch"
+    );
+    let runs = runs.iter().map(|r| r.load(Ordering::SeqCst)).collect();
+    (answers, runs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_runs_each_write_once_and_again_in_savepoints_only_after_a_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), &[BLOBS]).unwrap();
+    let count = |lo: i64, hi: i64| {
+        db.read_blocking(|c| {
+            Ok(c.query_row(
+                "SELECT COUNT(*) FROM blobs WHERE id BETWEEN ?1 AND ?2",
+                [lo, hi],
+                |r| r.get::<_, i64>(0),
+            )?)
+        })
+        .unwrap()
+    };
+
+    // No failure: no write runs twice.
+    let (answers, runs) = one_batch(&db, 20, None).await;
+    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    assert_eq!(runs, vec![1; 20]);
+    assert_eq!(count(0, 19), 20);
+
+    // Write 7 fails: the batch is rolled back and every write runs again,
+    // each in its own savepoint. Write 7 alone is refused and leaves nothing.
+    let (answers, runs) = one_batch(&db, 20, Some(7)).await;
+    for (k, a) in answers.iter().enumerate() {
+        match (k, a) {
+            (7, Err(StoreError::Corrupt(m))) => assert_eq!(m, "write 7 fails"),
+            (7, other) => panic!("write 7 answered {other:?}"),
+            (k, a) => assert_eq!(a.as_ref().ok(), Some(&(k as i64)), "write {k}"),
+        }
+    }
+    // The writes before 7 ran in the first pass and the second; 7 in both;
+    // those after it only in the second.
+    let want: Vec<usize> = (0..20).map(|k| if k <= 7 { 2 } else { 1 }).collect();
+    assert_eq!(runs, want);
+    assert_eq!(count(1000, 1019), 19);
+    assert_eq!(count(1007, 1007), 0);
+    db.close();
+}
