@@ -8,7 +8,7 @@
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use crate::{Migration, Sqlite, StoreError};
+use crate::{Migration, Sqlite, StoreError, blob, opt_blob};
 
 pub(crate) const MIGRATION: Migration = Migration {
     name: "0004_conversions",
@@ -315,18 +315,15 @@ impl Sqlite {
 
 fn from_row(r: &Row<'_>) -> Result<ConversionRecord, StoreError> {
     Ok(ConversionRecord {
-        conversion_id: fixed(r.get::<_, Vec<u8>>(0)?, "conversion_id")?,
+        conversion_id: blob(r, 0, "conversion_id")?,
         reporter: r.get(1)?,
         order_id: r.get(2)?,
-        buyer_uid: fixed(r.get::<_, Vec<u8>>(3)?, "buyer_uid")?,
+        buyer_uid: blob(r, 3, "buyer_uid")?,
         amount_minor: r.get(4)?,
         currency: r.get(5)?,
         category: r.get(6)?,
         occurred_at_ms: r.get(7)?,
-        referral_id: r
-            .get::<_, Option<Vec<u8>>>(8)?
-            .map(|v| fixed(v, "referral_id"))
-            .transpose()?,
+        referral_id: opt_blob(r, 8, "referral_id")?,
         recorded_at_ms: r.get(9)?,
         status: r.get(10)?,
         model: r.get(11)?,
@@ -338,30 +335,34 @@ fn from_row(r: &Row<'_>) -> Result<ConversionRecord, StoreError> {
         hold_reason: r.get(17)?,
         confirmed_at_ms: r.get(18)?,
         report_index: to_u64(r.get(19)?)?,
-        report_leaf: fixed(r.get::<_, Vec<u8>>(20)?, "report_leaf")?,
+        report_leaf: blob(r, 20, "report_leaf")?,
         latest_index: to_u64(r.get(21)?)?,
     })
 }
 
 fn update_from_row(r: &Row<'_>) -> Result<UpdateRecord, StoreError> {
     Ok(UpdateRecord {
-        conversion_id: fixed(r.get::<_, Vec<u8>>(0)?, "conversion_id")?,
+        conversion_id: blob(r, 0, "conversion_id")?,
         seq: r.get(1)?,
         event: r.get(2)?,
         request_id: r.get(3)?,
         refund_minor: r.get(4)?,
         entry_index: to_u64(r.get(5)?)?,
-        leaf_hash: fixed(r.get::<_, Vec<u8>>(6)?, "leaf_hash")?,
+        leaf_hash: blob(r, 6, "leaf_hash")?,
         recorded_at_ms: r.get(7)?,
     })
 }
 
 /// `partner=amount,partner=amount`: partner ids are slugs (no '=' or ',').
 fn encode_payouts(p: &[(String, i64)]) -> String {
-    p.iter()
-        .map(|(who, amount)| format!("{who}={amount}"))
-        .collect::<Vec<_>>()
-        .join(",")
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(p.iter().map(|(who, _)| who.len() + 12).sum());
+    for (i, (who, amount)) in p.iter().enumerate() {
+        let sep = if i == 0 { "" } else { "," };
+        // Writing to a String cannot fail.
+        let _ = write!(out, "{sep}{who}={amount}");
+    }
+    out
 }
 
 fn decode_payouts(s: &str) -> Result<Vec<(String, i64)>, StoreError> {
@@ -389,12 +390,6 @@ fn to_u64(v: i64) -> Result<u64, StoreError> {
     u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("negative index {v}")))
 }
 
-fn fixed<const N: usize>(v: Vec<u8>, what: &str) -> Result<[u8; N], StoreError> {
-    v.try_into().map_err(|v: Vec<u8>| {
-        StoreError::Corrupt(format!("{what} has {} bytes, want {N}", v.len()))
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -402,7 +397,9 @@ mod tests {
     #[test]
     fn payouts_round_trip() {
         let p = vec![("alpha".to_owned(), 120), ("beta-2".to_owned(), 0)];
+        assert_eq!(encode_payouts(&p), "alpha=120,beta-2=0");
         assert_eq!(decode_payouts(&encode_payouts(&p)).unwrap(), p);
+        assert_eq!(encode_payouts(&[]), "");
         assert_eq!(decode_payouts("").unwrap(), vec![]);
         assert!(decode_payouts("alpha").is_err());
         assert!(decode_payouts("alpha=x").is_err());

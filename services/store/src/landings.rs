@@ -4,7 +4,7 @@ use std::future::Future;
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use crate::{Migration, Sqlite, StoreError};
+use crate::{Migration, Sqlite, StoreError, blob, opt_blob};
 
 pub(crate) const MIGRATION: Migration = Migration {
     name: "0001_landings",
@@ -179,29 +179,20 @@ pub fn in_window(
 fn from_row(r: &Row<'_>) -> Result<Landing, StoreError> {
     let chain: String = r.get(4)?;
     Ok(Landing {
-        referral_id: fixed(r.get::<_, Vec<u8>>(0)?, "referral_id")?,
+        referral_id: blob(r, 0, "referral_id")?,
         agreement_id: r.get(1)?,
         from: r.get(2)?,
         to: r.get(3)?,
         chain: chain.split(',').map(str::to_owned).collect(),
         hop: r.get(5)?,
-        parent: r
-            .get::<_, Option<Vec<u8>>>(6)?
-            .map(|p| fixed(p, "parent_id"))
-            .transpose()?,
+        parent: opt_blob(r, 6, "parent_id")?,
         target: r.get(7)?,
         origin: r.get(8)?,
-        origin_uid: fixed(r.get::<_, Vec<u8>>(9)?, "origin_uid")?,
-        dest_uid: fixed(r.get::<_, Vec<u8>>(10)?, "dest_uid")?,
+        origin_uid: blob(r, 9, "origin_uid")?,
+        dest_uid: blob(r, 10, "dest_uid")?,
         issued_at_ms: r.get(11)?,
         expires_at_ms: r.get(12)?,
         redeemed_at_ms: r.get(13)?,
         tag_access: r.get(14)?,
-    })
-}
-
-fn fixed<const N: usize>(v: Vec<u8>, what: &str) -> Result<[u8; N], StoreError> {
-    v.try_into().map_err(|v: Vec<u8>| {
-        StoreError::Corrupt(format!("{what} has {} bytes, want {N}", v.len()))
     })
 }

@@ -43,7 +43,7 @@ use std::{
 use ring::digest::{Context, SHA256};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use crate::{Durability, Migration, Sqlite, StoreError};
+use crate::{Durability, Migration, Sqlite, StoreError, blob};
 
 pub(crate) const MIGRATION: Migration = Migration {
     name: "0002_ledger",
@@ -743,7 +743,7 @@ fn fetch_ranges(
     while let Some(r) = rows.next()? {
         let level: i64 = r.get(0)?;
         let index: i64 = r.get(1)?;
-        let hash = fixed(r.get::<_, Vec<u8>>(2)?, "node hash")?;
+        let hash = blob(r, 2, "node hash")?;
         found.insert((level as u8, index), hash);
     }
     Ok(())
@@ -784,7 +784,7 @@ pub fn leaves(conn: &Connection, from: u64, limit: usize) -> Result<Vec<Leaf>, S
             )));
         }
         out.push(Leaf {
-            hash: fixed(r.get::<_, Vec<u8>>(1)?, "leaf_hash")?,
+            hash: blob(r, 1, "leaf_hash")?,
             parties: split_parties(&r.get::<_, String>(2)?).into(),
         });
     }
@@ -922,7 +922,7 @@ fn entry_row(r: &Row<'_>) -> Result<Entry, StoreError> {
     Ok(Entry {
         index: r.get::<_, i64>(0)? as u64,
         bytes: r.get(1)?,
-        leaf_hash: fixed(r.get::<_, Vec<u8>>(2)?, "leaf_hash")?,
+        leaf_hash: blob(r, 2, "leaf_hash")?,
         recorded_at_ms: r.get(3)?,
     })
 }
@@ -930,15 +930,10 @@ fn entry_row(r: &Row<'_>) -> Result<Entry, StoreError> {
 fn checkpoint_row(r: &Row<'_>) -> Result<StoredCheckpoint, StoreError> {
     Ok(StoredCheckpoint {
         size: r.get::<_, i64>(0)? as u64,
-        root: fixed(r.get::<_, Vec<u8>>(1)?, "checkpoint root")?,
+        root: blob(r, 1, "checkpoint root")?,
         note: r.get(2)?,
         signed_at_ms: r.get(3)?,
     })
-}
-
-fn fixed(v: Vec<u8>, what: &str) -> Result<Hash, StoreError> {
-    v.try_into()
-        .map_err(|v: Vec<u8>| StoreError::Corrupt(format!("{what} has {} bytes, want 32", v.len())))
 }
 
 // === impl Sqlite ===

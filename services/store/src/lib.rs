@@ -53,6 +53,38 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
+/// Column `idx` of `r`: a blob of exactly `N` bytes, read in place.
+pub(crate) fn blob<const N: usize>(
+    r: &rusqlite::Row<'_>,
+    idx: usize,
+    what: &str,
+) -> Result<[u8; N], StoreError> {
+    let v = r.get_ref(idx)?;
+    let b = v
+        .as_blob()
+        .map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))?;
+    exactly(b, what)
+}
+
+/// [`blob`], or `None` for NULL.
+pub(crate) fn opt_blob<const N: usize>(
+    r: &rusqlite::Row<'_>,
+    idx: usize,
+    what: &str,
+) -> Result<Option<[u8; N]>, StoreError> {
+    let v = r.get_ref(idx)?;
+    let b = v
+        .as_blob_or_null()
+        .map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))?;
+    b.map(|b| exactly(b, what)).transpose()
+}
+
+/// `b` as an array of exactly `N` bytes.
+pub(crate) fn exactly<const N: usize>(b: &[u8], what: &str) -> Result<[u8; N], StoreError> {
+    b.try_into()
+        .map_err(|_| StoreError::Corrupt(format!("{what} has {} bytes, want {N}", b.len())))
+}
+
 /// Every migration of the embedded schema, in order.
 pub const MIGRATIONS: &[Migration] = &[
     landings::MIGRATION,

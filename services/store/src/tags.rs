@@ -473,21 +473,15 @@ fn select_disclosures(
             disclosed_at_ms: at,
             owner,
             reader,
-            uid: fixed(uid, "tag_disclosures.uid")?,
+            uid: crate::exactly(&uid, "tag_disclosures.uid")?,
             agreement_id,
-            referral_id: fixed(referral_id, "tag_disclosures.referral_id")?,
+            referral_id: crate::exactly(&referral_id, "tag_disclosures.referral_id")?,
             namespaces: namespaces.split_whitespace().map(str::to_owned).collect(),
             tag_count: count,
             pseudonym_epoch: epoch,
         });
     }
     Ok(out)
-}
-
-fn fixed<const N: usize>(v: Vec<u8>, what: &str) -> Result<[u8; N], StoreError> {
-    v.try_into().map_err(|v: Vec<u8>| {
-        StoreError::Corrupt(format!("{what} has {} bytes, want {N}", v.len()))
-    })
 }
 
 #[cfg(test)]

@@ -378,3 +378,20 @@ async fn a_batch_runs_each_write_once_and_again_in_savepoints_only_after_a_failu
     assert_eq!(count(1007, 1007), 0);
     db.close();
 }
+
+#[test]
+fn fixed_size_blobs_are_read_in_place_and_checked() {
+    let conn = rusqlite::Connection::open_in_memory().unwrap();
+    conn.query_row("SELECT X'0102', NULL, 'text'", [], |r| {
+        assert_eq!(blob::<2>(r, 0, "a").unwrap(), [1, 2]);
+        let short = blob::<3>(r, 0, "a").unwrap_err().to_string();
+        assert!(short.contains("a has 2 bytes, want 3"), "{short}");
+        assert_eq!(opt_blob::<2>(r, 0, "a").unwrap(), Some([1, 2]));
+        assert_eq!(opt_blob::<2>(r, 1, "b").unwrap(), None);
+        assert!(blob::<2>(r, 1, "b").is_err());
+        let text = blob::<4>(r, 2, "c").unwrap_err().to_string();
+        assert!(text.starts_with("stored data is corrupt: c:"), "{text}");
+        Ok(())
+    })
+    .unwrap();
+}
