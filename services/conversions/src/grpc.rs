@@ -40,35 +40,40 @@ fn status_to_wire(s: &str) -> ConversionStatus {
 }
 
 /// The wire form of a stored conversion.
-pub fn conversion(c: &ConversionRecord) -> pb::Conversion {
+pub fn conversion(c: ConversionRecord) -> pb::Conversion {
+    // Derived fields first; the strings then move.
+    let currency_exponent = u32::from(money::exponent(&c.currency).unwrap_or(0));
+    let status = status_to_wire(&c.status) as i32;
     pb::Conversion {
         conversion_id: hex::encode(c.conversion_id),
-        reporter: c.reporter.clone(),
-        order_id: c.order_id.clone(),
+        reporter: c.reporter,
+        order_id: c.order_id,
         amount_minor: c.amount_minor,
-        currency: c.currency.clone(),
-        currency_exponent: u32::from(money::exponent(&c.currency).unwrap_or(0)),
-        category: c.category.clone(),
+        currency: c.currency,
+        currency_exponent,
+        category: c.category,
         occurred_at: Some(timestamp(c.occurred_at_ms)),
-        status: status_to_wire(&c.status) as i32,
+        status,
         commission_minor: c.commission_minor,
         refunded_minor: c.refunded_minor,
         attributed: c.touches > 0,
-        attribution_model: c.model.clone(),
+        attribution_model: c.model,
         touches: c.touches,
         held: c.held,
-        hold_reason: c.hold_reason.clone(),
+        hold_reason: c.hold_reason,
         report_index: c.report_index,
         latest_index: c.latest_index,
     }
 }
 
-fn entry_ref(r: &Recorded) -> pb::LedgerEntryRef {
-    pb::LedgerEntryRef {
+/// The wire form of an answer: its conversion and ledger entry.
+fn answer(r: Recorded) -> (Option<pb::Conversion>, Option<pb::LedgerEntryRef>) {
+    let entry = pb::LedgerEntryRef {
         index: r.entry.index,
         leaf_hash: r.entry.leaf_hash.to_vec(),
-        entry: r.entry.bytes.clone(),
-    }
+        entry: r.entry.bytes,
+    };
+    (Some(conversion(r.conversion)), Some(entry))
 }
 
 fn refuse(e: ConversionError) -> GrpcStatus {
@@ -116,10 +121,12 @@ impl ConversionService for Conversions {
             let commission = u64::try_from(c.commission_minor).unwrap_or(0);
             crossflow_api::metrics::get().conversion(&c.currency, &c.status, commission);
         }
+        let replayed = rec.replayed;
+        let (conversion, entry) = answer(rec);
         Ok(Response::new(pb::ReportConversionResponse {
-            conversion: Some(conversion(&rec.conversion)),
-            entry: Some(entry_ref(&rec)),
-            replayed: rec.replayed,
+            conversion,
+            entry,
+            replayed,
         }))
     }
 
@@ -153,10 +160,12 @@ impl ConversionService for Conversions {
             let c = &rec.conversion;
             crossflow_api::metrics::get().conversion(&c.currency, &c.status, 0);
         }
+        let replayed = rec.replayed;
+        let (conversion, entry) = answer(rec);
         Ok(Response::new(pb::UpdateConversionResponse {
-            conversion: Some(conversion(&rec.conversion)),
-            entry: Some(entry_ref(&rec)),
-            replayed: rec.replayed,
+            conversion,
+            entry,
+            replayed,
         }))
     }
 
@@ -170,7 +179,7 @@ impl ConversionService for Conversions {
             .await
             .map_err(refuse)?;
         Ok(Response::new(pb::GetConversionResponse {
-            conversion: Some(conversion(&c)),
+            conversion: Some(conversion(c)),
         }))
     }
 
@@ -193,9 +202,10 @@ impl ConversionService for Conversions {
             index = rec.entry.index,
             "held conversion released"
         );
+        let (conversion, entry) = answer(rec);
         Ok(Response::new(pb::ReleaseConversionResponse {
-            conversion: Some(conversion(&rec.conversion)),
-            entry: Some(entry_ref(&rec)),
+            conversion,
+            entry,
         }))
     }
 }
