@@ -20,6 +20,10 @@ pub struct Row {
     pub commits: u64,
     pub writes: u64,
     pub syncs: u64,
+    /// WAL checkpoints by the checkpointer thread and by the writer itself
+    /// (the writer's stall every write queued behind it).
+    pub checkpoints: u64,
+    pub writer_checkpoints: u64,
     /// CPU time per request by thread role, warm-up included.
     pub cpu: Option<PerRequest>,
 }
@@ -43,6 +47,10 @@ impl Row {
             commits: after.commits.saturating_sub(before.commits),
             writes: after.writes.saturating_sub(before.writes),
             syncs: after.syncs.saturating_sub(before.syncs),
+            checkpoints: after.checkpoints.saturating_sub(before.checkpoints),
+            writer_checkpoints: after
+                .writer_checkpoints
+                .saturating_sub(before.writer_checkpoints),
             cpu: None,
         }
     }
@@ -202,11 +210,13 @@ pub fn table(rows: &[Row]) {
         }
         if r.writes > 0 {
             println!(
-                "{tag}: store wrote {} rows in {} group commits and {} fsyncs ({:.1} per fsync), warm-up included",
+                "{tag}: store wrote {} rows in {} group commits and {} fsyncs ({:.1} per fsync); WAL checkpoints: {} by the checkpointer, {} by the writer; warm-up included",
                 r.writes,
                 r.commits,
                 r.syncs,
-                r.writes as f64 / r.syncs.max(1) as f64
+                r.writes as f64 / r.syncs.max(1) as f64,
+                r.checkpoints,
+                r.writer_checkpoints
             );
         }
         if let Some(c) = &r.cpu {

@@ -31,7 +31,7 @@ use tonic::transport::server::Connected;
 const HIGH_WATER: usize = 256 * 1024;
 
 /// Most yields of one flush. A flush yields once, then again as long as the
-/// pass before brought more bytes: answers that one group commit releases
+/// pass before brought more bytes and fewer than [`KEEP`] are buffered: answers that one group commit releases
 /// reach the connection over several passes of the runtime (each caller's
 /// task runs, then hands its frames over). With one yield a loaded gateway
 /// made one `send` per two answers; with up to eight, one per four to five
@@ -101,6 +101,10 @@ impl<IO: AsyncWrite + TryWrite + Unpin> Coalesced<IO> {
         self.buf.clear();
         // One large answer (a page of entries) need not stay allocated.
         self.buf.shrink_to(KEEP);
+        // The next flush starts yielding afresh (also after a drain that a
+        // write past the high-water mark forced).
+        self.yields = 0;
+        self.at_yield = 0;
         Poll::Ready(Ok(()))
     }
 }
@@ -150,17 +154,16 @@ impl<IO: AsyncWrite + TryWrite + Unpin> AsyncWrite for Coalesced<IO> {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let buffered = this.buffered();
-        if buffered > this.at_yield && this.yields < MAX_YIELDS {
+        if buffered > this.at_yield && buffered < KEEP && this.yields < MAX_YIELDS {
             // Let the tasks that are runnable now add their frames first,
-            // and again while each pass brings more.
+            // and again while each pass brings more; a buffer of `KEEP`
+            // bytes is a large enough write to go at once.
             this.yields += 1;
             this.at_yield = buffered;
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
         ready!(this.poll_drain(cx))?;
-        this.yields = 0;
-        this.at_yield = 0;
         Pin::new(&mut this.io).poll_flush(cx)
     }
 

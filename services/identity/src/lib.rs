@@ -9,7 +9,7 @@
 //! - [`token`]: [`KeyRing::seal`] / [`KeyRing::open`] of [`ReferralClaims`].
 //! - [`spiffe`]: [`principal_from_cert`] and the slug rule [`is_valid_slug`].
 //! - [`pki`]: [`generate_dev`] and [`generate_foreign_client`] for tests and demos.
-//! - [`random`]: [`random::fill`], system randomness fetched in blocks.
+//! - [`random`]: [`random::fill`], system randomness fetched in blocks (salts only).
 
 #![forbid(unsafe_code)]
 

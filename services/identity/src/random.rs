@@ -1,11 +1,19 @@
-//! Random bytes from the system generator, fetched in blocks.
+//! Random bytes from the system generator, fetched in blocks, for values
+//! that must be unpredictable but whose repetition does no harm: the salt
+//! of every ledger entry.
 //!
-//! Every ledger entry takes a 16-byte salt, every referral token a nonce and
-//! every id-less referral an id. Asked for one at a time, `getrandom` was one
-//! syscall per report: about 1 % of the gateway's CPU at full rate. [`fill`]
-//! serves them from a per-thread block of [`BLOCK`] bytes, refilled from the
-//! same system generator ([`ring::rand::SystemRandom`]) when it runs out. A
-//! served byte is never served again: each is zeroed as it is handed out.
+//! Asked for one salt at a time, `getrandom` was one syscall per report:
+//! about 1 % of the gateway's CPU at full rate. [`fill`] serves them from a
+//! per-thread block of [`BLOCK`] bytes, refilled from the same system
+//! generator ([`ring::rand::SystemRandom`]) when it runs out; within a
+//! thread no byte is served twice (the block's cursor only moves forward),
+//! and a served byte is zeroed so it does not linger in memory.
+//!
+//! Not for nonces, keys or ids: a block held in memory is duplicated by a
+//! `fork` or a restored VM snapshot, and both copies would serve the same
+//! bytes. An AES-GCM nonce served twice under one key is catastrophic, and
+//! the kernel's generator guards against exactly this; referral token
+//! nonces, referral ids and keys ask it directly.
 
 use std::cell::RefCell;
 
@@ -69,8 +77,9 @@ mod tests {
 
     #[test]
     fn draws_are_distinct_across_refills_and_sizes() {
-        // Three blocks' worth in 16-byte draws, then odd sizes that straddle
-        // a refill: no two draws equal, and none all zero.
+        // Three blocks' worth in 16-byte draws, then sizes that straddle a
+        // refill: no two draws equal (8 bytes and up: a repeat is a 2^-64
+        // chance), and none all zero.
         let mut seen = HashSet::new();
         for _ in 0..3 * BLOCK / 16 {
             let mut b = [0u8; 16];
@@ -78,7 +87,7 @@ mod tests {
             assert_ne!(b, [0; 16]);
             assert!(seen.insert(b), "a 16-byte draw repeated");
         }
-        for len in [1, 7, 33, BLOCK - 1, BLOCK, BLOCK + 1, 3 * BLOCK] {
+        for len in [8, 33, BLOCK - 1, BLOCK, BLOCK + 1, 3 * BLOCK] {
             let (mut a, mut b) = (vec![0u8; len], vec![0u8; len]);
             fill(&mut a).unwrap();
             fill(&mut b).unwrap();

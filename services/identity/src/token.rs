@@ -32,6 +32,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::aead::{self, Aad, Nonce};
 use ring::hmac;
+use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 
 use crate::keys::tag_to_array;
@@ -130,7 +131,9 @@ impl KeyRing {
         let [k0, k1, k2, k3] = key_id.to_be_bytes();
         let header: [u8; HEADER_LEN] = [TOKEN_VERSION, k0, k1, k2, k3];
         let mut nonce = [0u8; NONCE_LEN];
-        crate::random::fill(&mut nonce).map_err(|_| TokenError::Random)?;
+        SystemRandom::new()
+            .fill(&mut nonce)
+            .map_err(|_| TokenError::Random)?;
 
         let mut in_out = encode(claims);
         key.seal_in_place_append_tag(
@@ -204,7 +207,9 @@ impl ReferralId {
     /// A fresh random id (for requests without a request id).
     pub fn random() -> Result<ReferralId, IdentityError> {
         let mut id = [0u8; 16];
-        crate::random::fill(&mut id).map_err(|_| IdentityError::Random)?;
+        SystemRandom::new()
+            .fill(&mut id)
+            .map_err(|_| IdentityError::Random)?;
         Ok(ReferralId(id))
     }
 

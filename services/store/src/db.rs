@@ -4,12 +4,13 @@
 //! Every write is a closure run in a shared transaction: the writer takes
 //! whatever is queued (up to [`MAX_BATCH`]), runs it and commits once. One
 //! failing write rolls back alone while its neighbours commit: when a write
-//! fails, the writer rolls the batch back and runs it again with each write
-//! inside its own SAVEPOINT. Batches without a failure (nearly all) pay for
-//! no savepoints, which copy every page a write touches into a journal
-//! first: a tenth of the writer's CPU for a ReportConversion. So a write's
-//! closure may run twice; it must change nothing outside the database that
-//! a second run does not make good. An answer means "durable" (the one exception,
+//! fails, the writer rolls the batch back and runs it again, the writes
+//! before the failed one as they were and each write from it on inside its
+//! own SAVEPOINT. Batches without a failure (nearly all) pay for no
+//! savepoints, which copy every page a write touches into a journal first:
+//! a tenth of the writer's CPU for a ReportConversion. So a write's closure
+//! may run twice (it is `Fn`); it must change nothing outside the database
+//! that a second run does not make good. An answer means "durable" (the one exception,
 //! [`Durability::Committed`], is for data rebuilt from durable data), and the
 //! fsync that makes it so is pipelined:
 //!
@@ -112,7 +113,7 @@ struct Write<F, R> {
 
 impl<F, R> WriteJob for Write<F, R>
 where
-    F: FnMut(&Connection) -> Result<R, StoreError> + Send,
+    F: Fn(&Connection) -> Result<R, StoreError> + Send,
     R: Send + 'static,
 {
     fn run(&mut self, conn: &Connection) -> bool {
@@ -343,13 +344,13 @@ impl Db {
     /// and the error returned; the rest of the batch is unaffected.
     ///
     /// `f` runs once, or twice when a write of its batch fails (the batch is
-    /// rolled back and run again with a savepoint per write). Its effects
-    /// outside the database must survive that: the ledger's hand-off, for
-    /// one, drops what a rolled-back append left.
+    /// rolled back and run again, see the module docs). Its effects outside
+    /// the database must survive that: the ledger's hand-off, for one,
+    /// drops what a rolled-back append left.
     pub async fn write<R, F>(&self, f: F) -> Result<R, StoreError>
     where
         R: Send + 'static,
-        F: FnMut(&Connection) -> Result<R, StoreError> + Send + 'static,
+        F: Fn(&Connection) -> Result<R, StoreError> + Send + 'static,
     {
         self.write_as(Durability::Fsynced, f).await
     }
@@ -358,7 +359,7 @@ impl Db {
     pub async fn write_as<R, F>(&self, durability: Durability, f: F) -> Result<R, StoreError>
     where
         R: Send + 'static,
-        F: FnMut(&Connection) -> Result<R, StoreError> + Send + 'static,
+        F: Fn(&Connection) -> Result<R, StoreError> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(Write {
@@ -743,30 +744,54 @@ fn run_batch(
     result
 }
 
-/// Runs `batch` in one transaction and commits it: first without
-/// savepoints; if a write fails, rolled back and run again with each write
-/// in its own savepoint, so the failed ones roll back alone.
+/// Runs `batch` in one transaction and commits it. The writes before
+/// `plain` run without savepoints, the rest each in its own; `plain` starts
+/// past the end. When a write without a savepoint fails, the transaction
+/// is rolled back and run again with `plain` at that write: those before it
+/// (which succeeded) run again as they were, and from it on a failure rolls
+/// back alone. `plain` only shrinks, so this ends.
 fn commit_batch(conn: &Connection, batch: &mut [Job]) -> Result<(), StoreError> {
     // Prepared once per connection: these run for every write on the
     // savepoint path.
     let exec = |sql: &str| conn.prepare_cached(sql).and_then(|mut st| st.execute([]));
     let abort = |e: rusqlite::Error| {
-        let _ = conn.execute_batch("ROLLBACK");
+        rollback(conn);
         StoreError::from(e)
     };
-    conn.execute_batch("BEGIN IMMEDIATE")?;
-    if batch.iter_mut().any(|job| job.run(conn)) {
-        conn.execute_batch("ROLLBACK")?;
+    // A transaction left open by a failure nothing could roll back would
+    // make every BEGIN fail; start clean.
+    rollback(conn);
+    let mut plain = batch.len();
+    loop {
         conn.execute_batch("BEGIN IMMEDIATE")?;
-        for job in batch.iter_mut() {
-            exec("SAVEPOINT w").map_err(abort)?;
-            let end = if job.run(conn) {
-                exec("ROLLBACK TO w").and_then(|_| exec("RELEASE w"))
-            } else {
-                exec("RELEASE w")
-            };
-            end.map_err(abort)?;
+        match batch[..plain].iter_mut().position(|job| job.run(conn)) {
+            Some(failed) => {
+                // The failed write's error may have ended the transaction
+                // already (SQLite rolls back on some I/O errors).
+                rollback(conn);
+                plain = failed;
+            }
+            None => break,
         }
     }
+    for job in &mut batch[plain..] {
+        exec("SAVEPOINT w").map_err(abort)?;
+        let end = if job.run(conn) {
+            exec("ROLLBACK TO w").and_then(|_| exec("RELEASE w"))
+        } else {
+            exec("RELEASE w")
+        };
+        end.map_err(abort)?;
+    }
     conn.execute_batch("COMMIT").map_err(abort)
+}
+
+/// Rolls back the open transaction, if any. A failure leaves nothing more
+/// to do here: the next batch tries again before it begins.
+fn rollback(conn: &Connection) {
+    if !conn.is_autocommit()
+        && let Err(e) = conn.execute_batch("ROLLBACK")
+    {
+        tracing::error!(error = %e, "store rollback failed");
+    }
 }

@@ -372,8 +372,8 @@ impl<'c> Appender<'c> {
     pub fn append(&mut self, entry: &Prepared, now_ms: i64) -> Result<Sequenced, StoreError> {
         // SQLite gives a NULL INTEGER PRIMARY KEY the largest rowid plus one,
         // by seeking the table's last cell; that is the next index, and the
-        // single writer serialises savepoints, so indexes are dense: a rolled
-        // back write frees its index for the next one. (An explicit
+        // single writer runs one write at a time, so indexes are dense: a
+        // rolled-back write (or batch) frees its indexes for the next. (An explicit
         // `MAX(idx) + 1` costs a second seek and a subquery per entry: a third
         // of the append.) The one exception is the empty table, where SQLite
         // starts at 1 and the log at 0.

@@ -272,12 +272,13 @@ async fn the_wal_stays_bounded_under_back_to_back_commits() {
 
 /// Queues `n` writes into one batch (the writer is held by a write of its
 /// own until all are queued) and returns their answers and how often each
-/// closure ran. Write `k` inserts `k` into `blobs`; the one `fail` names
-/// fails after its insert.
+/// closure ran. Write `k` inserts `offset + k` into `blobs`, then fails if
+/// `fails(k, run)` (`run` counts from 1).
 async fn one_batch(
     db: &Db,
     n: i64,
-    fail: Option<i64>,
+    offset: i64,
+    fails: impl Fn(i64, usize) -> bool + Send + Sync + 'static,
 ) -> (Vec<Result<i64, StoreError>>, Vec<usize>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
@@ -298,16 +299,14 @@ async fn one_batch(
         .unwrap()
         .unwrap();
     let runs: Arc<Vec<AtomicUsize>> = Arc::new((0..n).map(|_| AtomicUsize::new(0)).collect());
+    let fails = Arc::new(fails);
     let mut writes: Vec<_> = (0..n)
         .map(|k| {
-            let runs = runs.clone();
+            let (runs, fails) = (runs.clone(), fails.clone());
             Box::pin(db.write(move |c| {
-                runs[k as usize].fetch_add(1, Ordering::SeqCst);
-                c.execute(
-                    "INSERT INTO blobs (id, b) VALUES (?1, X'00')",
-                    [k + 1000 * i64::from(fail.is_some())],
-                )?;
-                if Some(k) == fail {
+                let run = runs[k as usize].fetch_add(1, Ordering::SeqCst) + 1;
+                c.execute("INSERT INTO blobs (id, b) VALUES (?1, X'00')", [offset + k])?;
+                if fails(k, run) {
                     return Err(StoreError::Corrupt(format!("write {k} fails")));
                 }
                 Ok(k)
@@ -353,29 +352,50 @@ async fn a_batch_runs_each_write_once_and_again_in_savepoints_only_after_a_failu
         })
         .unwrap()
     };
+    let ok = |answers: &[Result<i64, StoreError>], refused: &[usize]| {
+        for (k, a) in answers.iter().enumerate() {
+            match a {
+                Err(StoreError::Corrupt(m)) if refused.contains(&k) => {
+                    assert_eq!(m, &format!("write {k} fails"));
+                }
+                a => assert_eq!(a.as_ref().ok(), Some(&(k as i64)), "write {k}"),
+            }
+        }
+    };
 
     // No failure: no write runs twice.
-    let (answers, runs) = one_batch(&db, 20, None).await;
-    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    let (answers, runs) = one_batch(&db, 20, 0, |_, _| false).await;
+    ok(&answers, &[]);
     assert_eq!(runs, vec![1; 20]);
     assert_eq!(count(0, 19), 20);
 
-    // Write 7 fails: the batch is rolled back and every write runs again,
-    // each in its own savepoint. Write 7 alone is refused and leaves nothing.
-    let (answers, runs) = one_batch(&db, 20, Some(7)).await;
-    for (k, a) in answers.iter().enumerate() {
-        match (k, a) {
-            (7, Err(StoreError::Corrupt(m))) => assert_eq!(m, "write 7 fails"),
-            (7, other) => panic!("write 7 answered {other:?}"),
-            (k, a) => assert_eq!(a.as_ref().ok(), Some(&(k as i64)), "write {k}"),
-        }
-    }
-    // The writes before 7 ran in the first pass and the second; 7 in both;
-    // those after it only in the second.
+    // Write 7 fails: the batch is rolled back and runs again, writes 0-6
+    // without savepoints (they ran twice), 7 on in their own savepoints
+    // (7 twice, the rest once). Write 7 alone is refused and leaves nothing.
+    let (answers, runs) = one_batch(&db, 20, 1000, |k, _| k == 7).await;
+    ok(&answers, &[7]);
     let want: Vec<usize> = (0..20).map(|k| if k <= 7 { 2 } else { 1 }).collect();
     assert_eq!(runs, want);
     assert_eq!(count(1000, 1019), 19);
     assert_eq!(count(1007, 1007), 0);
+
+    // Write 7 fails on its first run only, write 3 on its second only: the
+    // rerun without savepoints shrinks to writes 0-2 and everything from 3
+    // on gets a savepoint; all 20 commit.
+    let (answers, runs) = one_batch(&db, 20, 2000, |k, run| {
+        (k, run) == (7, 1) || (k, run) == (3, 2)
+    })
+    .await;
+    ok(&answers, &[]);
+    let want: Vec<usize> = (0..20)
+        .map(|k| match k {
+            0..=3 => 3,
+            4..=7 => 2,
+            _ => 1,
+        })
+        .collect();
+    assert_eq!(runs, want);
+    assert_eq!(count(2000, 2019), 20);
     db.close();
 }
 

@@ -160,6 +160,33 @@ fn a_flush_yields_at_most_max_yields_times_however_much_keeps_coming() {
 }
 
 #[test]
+fn a_flush_with_keep_bytes_buffered_writes_at_once_and_a_forced_drain_resets_the_yields() {
+    let wakes = Arc::new(Wakes::default());
+    let waker = Waker::from(wakes.clone());
+    let mut cx = Context::from_waker(&waker);
+    let mut c = Coalesced::new(Sink::default());
+
+    // A large write goes without yielding.
+    assert!(write(&mut c, &mut cx, &vec![1u8; KEEP]).is_ready());
+    assert!(matches!(flush(&mut c, &mut cx), Poll::Ready(Ok(()))));
+    assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
+    assert_eq!(c.io.writes().len(), 1);
+
+    // A flush yields, then writes past the high-water mark force a drain;
+    // the flush after that yields again rather than write at once.
+    assert!(write(&mut c, &mut cx, b"x").is_ready());
+    assert!(flush(&mut c, &mut cx).is_pending());
+    assert!(write(&mut c, &mut cx, &vec![2u8; HIGH_WATER]).is_ready());
+    assert!(write(&mut c, &mut cx, b"y").is_ready());
+    assert_eq!(c.io.writes().len(), 2, "the write past the mark drained");
+    assert_eq!(c.buffered(), 1);
+    assert!(flush(&mut c, &mut cx).is_pending());
+    assert_eq!(wakes.0.load(Ordering::SeqCst), 2);
+    assert!(flush(&mut c, &mut cx).is_ready());
+    assert_eq!(c.io.writes().last().unwrap(), b"y");
+}
+
+#[test]
 fn past_the_high_water_mark_a_write_waits_for_the_socket() {
     let waker = Waker::from(Arc::new(Wakes::default()));
     let mut cx = Context::from_waker(&waker);

@@ -9,7 +9,7 @@ fn open() -> (tempfile::TempDir, Sqlite) {
 /// Runs `f` in a domain write that then fails, so all it did rolls back.
 async fn rolled_back<R>(
     s: &Sqlite,
-    mut f: impl FnMut(&Connection) -> Result<R, StoreError> + Send + 'static,
+    f: impl Fn(&Connection) -> Result<R, StoreError> + Send + 'static,
 ) {
     let failed = s
         .db()
