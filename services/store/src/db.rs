@@ -33,7 +33,7 @@
 //! Checkpoints (copying the WAL's frames into the database file, with an
 //! fsync of each file) run on a checkpointer thread with its own connection,
 //! not inside the writer's commits, where SQLite's automatic checkpoint puts
-//! them: after a commit that leaves 4 000 frames uncopied (the writer's WAL
+//! them: after a commit that leaves 1 000 frames uncopied (the writer's WAL
 //! hook counts them) the writer asks for one, and the checkpointer copies
 //! them (`PASSIVE`: it waits for no reader and holds up no commit) while the
 //! writer goes on. Inside the writer a checkpoint stalled every caller
@@ -61,14 +61,9 @@ const MAX_BATCH: usize = 2048;
 /// Most idle read connections kept.
 const MAX_IDLE_READERS: usize = 16;
 /// Uncopied WAL frames past which the writer asks the checkpointer to copy
-/// them into the database file. SQLite's automatic checkpoint runs past
-/// 1 000; a checkpoint copies each page once however often the log holds
-/// it, and the pages every commit rewrites (the right edges of the tables
-/// and indexes) are most of a batch's, so a longer log copies far less per
-/// write: at 4 000 the checkpointer's CPU per ReportConversion fell from
-/// 5.5-6.0 to 3.0-4.2 us (three interleaved pairs). The log then grows to
-/// about 16 MiB between checkpoints.
-const CHECKPOINT_FRAMES: i64 = 4000;
+/// them into the database file (SQLite's automatic checkpoint runs past
+/// 1 000 frames in the log).
+const CHECKPOINT_FRAMES: i64 = 1000;
 /// Frames in the WAL past which the writer checkpoints itself, once the
 /// batch it just committed is on its way to the syncer. The log restarts
 /// from its beginning only when a write transaction begins with every frame
