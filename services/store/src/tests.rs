@@ -1,3 +1,5 @@
+use rusqlite::Connection;
+
 use super::*;
 
 fn landing(id: u8, dest: u8) -> Landing {
@@ -272,13 +274,12 @@ async fn the_wal_stays_bounded_under_back_to_back_commits() {
 
 /// Queues `n` writes into one batch (the writer is held by a write of its
 /// own until all are queued) and returns their answers and how often each
-/// closure ran. Write `k` inserts `offset + k` into `blobs`, then fails if
-/// `fails(k, run)` (`run` counts from 1).
+/// closure ran. Write `k` runs `body(conn, k, run)` (`run` counts from 1)
+/// and answers `k`.
 async fn one_batch(
     db: &Db,
     n: i64,
-    offset: i64,
-    fails: impl Fn(i64, usize) -> bool + Send + Sync + 'static,
+    body: impl Fn(&Connection, i64, usize) -> Result<(), StoreError> + Send + Sync + 'static,
 ) -> (Vec<Result<i64, StoreError>>, Vec<usize>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
@@ -299,16 +300,13 @@ async fn one_batch(
         .unwrap()
         .unwrap();
     let runs: Arc<Vec<AtomicUsize>> = Arc::new((0..n).map(|_| AtomicUsize::new(0)).collect());
-    let fails = Arc::new(fails);
+    let body = Arc::new(body);
     let mut writes: Vec<_> = (0..n)
         .map(|k| {
-            let (runs, fails) = (runs.clone(), fails.clone());
+            let (runs, body) = (runs.clone(), body.clone());
             Box::pin(db.write(move |c| {
                 let run = runs[k as usize].fetch_add(1, Ordering::SeqCst) + 1;
-                c.execute("INSERT INTO blobs (id, b) VALUES (?1, X'00')", [offset + k])?;
-                if fails(k, run) {
-                    return Err(StoreError::Corrupt(format!("write {k} fails")));
-                }
+                body(c, k, run)?;
                 Ok(k)
             }))
         })
@@ -338,6 +336,21 @@ async fn one_batch(
     (answers, runs)
 }
 
+/// A [`one_batch`] body: inserts `offset + k` into `blobs`, then fails if
+/// `fails(k, run)`.
+fn insert_then(
+    offset: i64,
+    fails: impl Fn(i64, usize) -> bool + Send + Sync + 'static,
+) -> impl Fn(&Connection, i64, usize) -> Result<(), StoreError> + Send + Sync + 'static {
+    move |c, k, run| {
+        c.execute("INSERT INTO blobs (id, b) VALUES (?1, X'00')", [offset + k])?;
+        if fails(k, run) {
+            return Err(StoreError::Corrupt(format!("write {k} fails")));
+        }
+        Ok(())
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_runs_each_write_once_and_again_in_savepoints_only_after_a_failure() {
     let dir = tempfile::tempdir().unwrap();
@@ -364,7 +377,7 @@ async fn a_batch_runs_each_write_once_and_again_in_savepoints_only_after_a_failu
     };
 
     // No failure: no write runs twice.
-    let (answers, runs) = one_batch(&db, 20, 0, |_, _| false).await;
+    let (answers, runs) = one_batch(&db, 20, insert_then(0, |_, _| false)).await;
     ok(&answers, &[]);
     assert_eq!(runs, vec![1; 20]);
     assert_eq!(count(0, 19), 20);
@@ -372,7 +385,7 @@ async fn a_batch_runs_each_write_once_and_again_in_savepoints_only_after_a_failu
     // Write 7 fails: the batch is rolled back and runs again, writes 0-6
     // without savepoints (they ran twice), 7 on in their own savepoints
     // (7 twice, the rest once). Write 7 alone is refused and leaves nothing.
-    let (answers, runs) = one_batch(&db, 20, 1000, |k, _| k == 7).await;
+    let (answers, runs) = one_batch(&db, 20, insert_then(1000, |k, _| k == 7)).await;
     ok(&answers, &[7]);
     let want: Vec<usize> = (0..20).map(|k| if k <= 7 { 2 } else { 1 }).collect();
     assert_eq!(runs, want);
@@ -382,9 +395,11 @@ async fn a_batch_runs_each_write_once_and_again_in_savepoints_only_after_a_failu
     // Write 7 fails on its first run only, write 3 on its second only: the
     // rerun without savepoints shrinks to writes 0-2 and everything from 3
     // on gets a savepoint; all 20 commit.
-    let (answers, runs) = one_batch(&db, 20, 2000, |k, run| {
-        (k, run) == (7, 1) || (k, run) == (3, 2)
-    })
+    let (answers, runs) = one_batch(
+        &db,
+        20,
+        insert_then(2000, |k, run| (k, run) == (7, 1) || (k, run) == (3, 2)),
+    )
     .await;
     ok(&answers, &[]);
     let want: Vec<usize> = (0..20)
@@ -397,6 +412,39 @@ async fn a_batch_runs_each_write_once_and_again_in_savepoints_only_after_a_failu
     assert_eq!(runs, want);
     assert_eq!(count(2000, 2019), 20);
     db.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rerun_batch_hands_the_integrator_only_committed_leaves() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Sqlite::open(dir.path()).unwrap();
+    let bytes = |k: i64| format!("entry {k}").into_bytes();
+    // Every write appends an entry. Write 2 then fails on its first run
+    // only, which makes the batch run again (0-1 as they were, 2 on in
+    // savepoints); write 6 always fails and is refused. The appends rolled
+    // back leave leaves in the writer's in-memory hand-off at indexes that
+    // later appends reuse.
+    let (answers, _) = one_batch(s.db(), 10, move |c, k, run| {
+        ledger::append(c, &ledger::Prepared::new(bytes(k), &["a"])?, 0)?;
+        if k == 6 || (k, run) == (2, 1) {
+            return Err(StoreError::Corrupt(format!("write {k} fails")));
+        }
+        Ok(())
+    })
+    .await;
+    let refused: Vec<usize> = (0..10).filter(|&k| answers[k].is_err()).collect();
+    assert_eq!(refused, vec![6]);
+    let committed: Vec<i64> = (0..10).filter(|&k| k != 6).collect();
+    // The store holds the nine, densely from index 0.
+    let stored = s.db().read_blocking(|c| ledger::leaves(c, 0, 100)).unwrap();
+    let want: Vec<_> = committed
+        .iter()
+        .map(|&k| ledger::leaf_hash(&bytes(k)))
+        .collect();
+    assert_eq!(stored.iter().map(|l| l.hash).collect::<Vec<_>>(), want);
+    // What the integrator is handed (from memory) is what was committed.
+    assert_eq!(s.leaves(0, 100).await.unwrap(), stored);
+    s.db().close();
 }
 
 #[test]
