@@ -21,7 +21,7 @@ pub struct Row {
     pub writes: u64,
     pub syncs: u64,
     /// WAL checkpoints by the checkpointer thread and by the writer itself
-    /// (the writer's stall every write queued behind it).
+    /// (each of the writer's stalls every write queued behind it).
     pub checkpoints: u64,
     pub writer_checkpoints: u64,
     /// CPU time per request by thread role, warm-up included.

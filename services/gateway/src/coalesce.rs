@@ -31,12 +31,12 @@ use tonic::transport::server::Connected;
 const HIGH_WATER: usize = 256 * 1024;
 
 /// Most yields of one flush. A flush yields once, then again as long as the
-/// pass before brought more bytes and fewer than [`KEEP`] are buffered: answers that one group commit releases
-/// reach the connection over several passes of the runtime (each caller's
-/// task runs, then hands its frames over). With one yield a loaded gateway
-/// made one `send` per two answers; with up to eight, one per four to five
-/// (ReportConversion at 256 in flight), and echo's server CPU per call fell by
-/// a fifth.
+/// pass before brought more bytes and fewer than [`KEEP`] are buffered: the
+/// answers that one group commit releases reach the connection over several
+/// passes of the runtime (each caller's task runs, then hands its frames
+/// over). With one yield a loaded gateway made one `send` per two answers;
+/// with up to eight, one per four to five (ReportConversion at 256 in
+/// flight), and echo's server CPU per call fell by a fifth.
 const MAX_YIELDS: u8 = 8;
 
 /// Buffer capacity kept after a drain; a larger one (after a large answer)

@@ -10,9 +10,11 @@
 //! savepoints, which copy every page a write touches into a journal first:
 //! a tenth of the writer's CPU for a ReportConversion. So a write's closure
 //! may run twice (it is `Fn`); it must change nothing outside the database
-//! that a second run does not make good. An answer means "durable" (the one exception,
-//! [`Durability::Committed`], is for data rebuilt from durable data), and the
-//! fsync that makes it so is pipelined:
+//! that a second run does not make good.
+//!
+//! An answer means "durable" (the one exception, [`Durability::Committed`],
+//! is for data rebuilt from durable data), and the fsync that makes it so
+//! is pipelined:
 //!
 //! - the connection runs with `synchronous=NORMAL` in WAL mode, so COMMIT
 //!   appends the batch's frames to the `-wal` file without an fsync (SQLite
@@ -511,9 +513,10 @@ impl CheckpointState {
             Ok((0, log, copied)) if log >= 0 && copied >= 0 => {
                 *self.last.lock().unwrap_or_else(PoisonError::into_inner) = (log, copied);
                 let mut s = self.stats.lock().unwrap_or_else(PoisonError::into_inner);
-                match by_writer {
-                    true => s.writer_checkpoints += 1,
-                    false => s.checkpoints += 1,
+                if by_writer {
+                    s.writer_checkpoints += 1;
+                } else {
+                    s.checkpoints += 1;
                 }
             }
             Ok(_) => {}

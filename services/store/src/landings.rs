@@ -1,6 +1,6 @@
 //! Landings: redeemed referral hops, bound to the destination's own user.
 
-use std::future::Future;
+use std::{future::Future, sync::Arc};
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
@@ -82,16 +82,25 @@ pub trait LandingStore: Send + Sync + 'static {
 
 impl LandingStore for Sqlite {
     async fn redeem(&self, landing: Landing) -> Result<Redeemed, StoreError> {
-        self.db
+        // Shared with the write, which may run twice (see `Db::write`); the
+        // write is dropped before it answers, so this unwraps without a
+        // copy.
+        let landing = Arc::new(landing);
+        let written = landing.clone();
+        let existing = self
+            .db
             .write(move |conn| {
-                if let Some(existing) = select(conn, &landing.referral_id)? {
-                    return Ok(Redeemed::Existing(existing));
+                if let Some(existing) = select(conn, &written.referral_id)? {
+                    return Ok(Some(existing));
                 }
-                insert(conn, &landing)?;
-                // A clone: the closure may run twice (see `Db::write`).
-                Ok(Redeemed::New(landing.clone()))
+                insert(conn, &written)?;
+                Ok(None)
             })
-            .await
+            .await?;
+        Ok(match existing {
+            Some(existing) => Redeemed::Existing(existing),
+            None => Redeemed::New(Arc::unwrap_or_clone(landing)),
+        })
     }
 
     async fn landing(&self, referral_id: [u8; 16]) -> Result<Option<Landing>, StoreError> {

@@ -373,9 +373,9 @@ impl<'c> Appender<'c> {
         // SQLite gives a NULL INTEGER PRIMARY KEY the largest rowid plus one,
         // by seeking the table's last cell; that is the next index, and the
         // single writer runs one write at a time, so indexes are dense: a
-        // rolled-back write (or batch) frees its indexes for the next. (An explicit
-        // `MAX(idx) + 1` costs a second seek and a subquery per entry: a third
-        // of the append.) The one exception is the empty table, where SQLite
+        // rolled-back write (or batch) frees its indexes for the next. (An
+        // explicit `MAX(idx) + 1` costs a second seek and a subquery per
+        // entry: a third of the append.) The one exception is the empty table, where SQLite
         // starts at 1 and the log at 0.
         self.insert
             .execute(params![entry.bytes, &entry.leaf[..], entry.parties, now_ms])?;

@@ -59,11 +59,7 @@ pub(crate) fn blob<const N: usize>(
     idx: usize,
     what: &str,
 ) -> Result<[u8; N], StoreError> {
-    let v = r.get_ref(idx)?;
-    let b = v
-        .as_blob()
-        .map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))?;
-    exactly(b, what)
+    opt_blob(r, idx, what)?.ok_or_else(|| StoreError::Corrupt(format!("{what} is NULL")))
 }
 
 /// [`blob`], or `None` for NULL.

@@ -456,7 +456,8 @@ fn fixed_size_blobs_are_read_in_place_and_checked() {
         assert!(short.contains("a has 2 bytes, want 3"), "{short}");
         assert_eq!(opt_blob::<2>(r, 0, "a").unwrap(), Some([1, 2]));
         assert_eq!(opt_blob::<2>(r, 1, "b").unwrap(), None);
-        assert!(blob::<2>(r, 1, "b").is_err());
+        let null = blob::<2>(r, 1, "b").unwrap_err().to_string();
+        assert!(null.ends_with("b is NULL"), "{null}");
         let text = blob::<4>(r, 2, "c").unwrap_err().to_string();
         assert!(text.starts_with("stored data is corrupt: c:"), "{text}");
         Ok(())

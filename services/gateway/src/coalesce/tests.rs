@@ -85,6 +85,12 @@ impl Wake for Wakes {
     }
 }
 
+/// A waker that counts its wakes.
+fn counting_waker() -> (Arc<Wakes>, Waker) {
+    let wakes = Arc::new(Wakes::default());
+    (wakes.clone(), Waker::from(wakes))
+}
+
 fn write(c: &mut Coalesced<Sink>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
     Pin::new(c).poll_write(cx, data)
 }
@@ -95,8 +101,7 @@ fn flush(c: &mut Coalesced<Sink>, cx: &mut Context<'_>) -> Poll<io::Result<()>> 
 
 #[test]
 fn writes_wait_for_a_flush_that_yields_then_sends_them_in_one_write() {
-    let wakes = Arc::new(Wakes::default());
-    let waker = Waker::from(wakes.clone());
+    let (wakes, waker) = counting_waker();
     let mut cx = Context::from_waker(&waker);
     let mut c = Coalesced::new(Sink::default());
 
@@ -141,8 +146,7 @@ fn writes_wait_for_a_flush_that_yields_then_sends_them_in_one_write() {
 
 #[test]
 fn a_flush_yields_at_most_max_yields_times_however_much_keeps_coming() {
-    let wakes = Arc::new(Wakes::default());
-    let waker = Waker::from(wakes.clone());
+    let (wakes, waker) = counting_waker();
     let mut cx = Context::from_waker(&waker);
     let mut c = Coalesced::new(Sink::default());
 
@@ -161,8 +165,7 @@ fn a_flush_yields_at_most_max_yields_times_however_much_keeps_coming() {
 
 #[test]
 fn a_flush_with_keep_bytes_buffered_writes_at_once_and_a_forced_drain_resets_the_yields() {
-    let wakes = Arc::new(Wakes::default());
-    let waker = Waker::from(wakes.clone());
+    let (wakes, waker) = counting_waker();
     let mut cx = Context::from_waker(&waker);
     let mut c = Coalesced::new(Sink::default());
 
@@ -188,7 +191,7 @@ fn a_flush_with_keep_bytes_buffered_writes_at_once_and_a_forced_drain_resets_the
 
 #[test]
 fn past_the_high_water_mark_a_write_waits_for_the_socket() {
-    let waker = Waker::from(Arc::new(Wakes::default()));
+    let (_, waker) = counting_waker();
     let mut cx = Context::from_waker(&waker);
     let mut c = Coalesced::new(Sink::with_budget(0));
     let chunk = vec![7u8; HIGH_WATER];
@@ -208,7 +211,7 @@ fn past_the_high_water_mark_a_write_waits_for_the_socket() {
 
 #[test]
 fn a_partly_written_buffer_still_counts_toward_the_high_water_mark() {
-    let waker = Waker::from(Arc::new(Wakes::default()));
+    let (_, waker) = counting_waker();
     let mut cx = Context::from_waker(&waker);
     let mut c = Coalesced::new(Sink::with_budget(10));
     assert!(write(&mut c, &mut cx, &[1; 100]).is_ready());
@@ -230,7 +233,7 @@ fn a_partly_written_buffer_still_counts_toward_the_high_water_mark() {
 
 #[test]
 fn shutdown_sends_what_is_buffered_first() {
-    let waker = Waker::from(Arc::new(Wakes::default()));
+    let (_, waker) = counting_waker();
     let mut cx = Context::from_waker(&waker);
     let mut c = Coalesced::new(Sink::default());
     assert!(write(&mut c, &mut cx, b"goaway").is_ready());
@@ -244,7 +247,7 @@ fn shutdown_sends_what_is_buffered_first() {
 
 #[test]
 fn what_is_left_at_drop_is_written_without_waiting() {
-    let waker = Waker::from(Arc::new(Wakes::default()));
+    let (_, waker) = counting_waker();
     let mut cx = Context::from_waker(&waker);
     // A TLS alert written without a flush, then the connection dropped.
     let sink = Sink::default();
