@@ -140,6 +140,7 @@ struct Cli {
 }
 
 fn main() -> Result<(), BoxError> {
+    crossflow_gateway::allocator::disable_transparent_huge_pages();
     let cli = Cli::parse();
     if let Some(dir) = &cli.ledger_restart {
         return ledger::restart(dir);

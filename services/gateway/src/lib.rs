@@ -3,6 +3,7 @@
 //! The `crossflow` binary (src/main.rs) only parses arguments and calls in.
 #![forbid(unsafe_code)]
 
+pub mod allocator;
 pub mod coalesce;
 pub mod demo;
 pub mod edge;

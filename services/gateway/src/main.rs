@@ -242,6 +242,7 @@ enum KeysCommand {
 }
 
 fn main() -> ExitCode {
+    crossflow_gateway::allocator::disable_transparent_huge_pages();
     let cli = Cli::parse();
     // `serve` sets up its logs itself, with its OpenTelemetry exporter.
     if !matches!(cli.command, Command::Serve { .. }) {
