@@ -749,8 +749,8 @@ fn run_batch(
 /// (which succeeded) run again as they were, and from it on a failure rolls
 /// back alone. `plain` only shrinks, so this ends.
 fn commit_batch(conn: &Connection, batch: &mut [Job]) -> Result<(), StoreError> {
-    // Prepared once per connection: these run for every write on the
-    // savepoint path.
+    // Prepared once per connection: BEGIN and COMMIT run for every batch,
+    // the savepoint statements for every write on the savepoint path.
     let exec = |sql: &str| conn.prepare_cached(sql).and_then(|mut st| st.execute([]));
     let abort = |e: rusqlite::Error| {
         rollback(conn);
@@ -761,7 +761,7 @@ fn commit_batch(conn: &Connection, batch: &mut [Job]) -> Result<(), StoreError> 
     rollback(conn);
     let mut plain = batch.len();
     loop {
-        conn.execute_batch("BEGIN IMMEDIATE")?;
+        exec("BEGIN IMMEDIATE")?;
         match batch[..plain].iter_mut().position(|job| job.run(conn)) {
             Some(failed) => {
                 // The failed write's error may have ended the transaction
@@ -781,7 +781,8 @@ fn commit_batch(conn: &Connection, batch: &mut [Job]) -> Result<(), StoreError> 
         };
         end.map_err(abort)?;
     }
-    conn.execute_batch("COMMIT").map_err(abort)
+    exec("COMMIT").map_err(abort)?;
+    Ok(())
 }
 
 /// Rolls back the open transaction, if any. A failure leaves nothing more

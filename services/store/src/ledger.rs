@@ -375,8 +375,8 @@ impl<'c> Appender<'c> {
         // single writer runs one write at a time, so indexes are dense: a
         // rolled-back write (or batch) frees its indexes for the next. (An
         // explicit `MAX(idx) + 1` costs a second seek and a subquery per
-        // entry: a third of the append.) The one exception is the empty table, where SQLite
-        // starts at 1 and the log at 0.
+        // entry: a third of the append.) The one exception is the empty
+        // table, where SQLite starts at 1 and the log at 0.
         self.insert
             .execute(params![entry.bytes, &entry.leaf[..], entry.parties, now_ms])?;
         let conn = self.conn;
