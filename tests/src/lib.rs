@@ -69,6 +69,8 @@ use tonic_reflection::pb::v1::{
 };
 use tonic_types::StatusExt;
 
+pub mod replicas;
+
 // === the default federation ===
 
 /// SPIFFE trust domain of every test federation.
@@ -798,6 +800,19 @@ impl ServeProcess {
 
     pub async fn referrals(&self, name: &str) -> ReferralServiceClient<Channel> {
         ReferralServiceClient::new(self.channel(name).await)
+    }
+
+    /// SIGKILL: the process dies at once, as in a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// SIGTERM, then waits (bounded) for a clean exit; returns its status.

@@ -84,6 +84,9 @@ pub fn partner<T>(req: &tonic::Request<T>) -> Result<String, Status> {
     c.partner().map(str::to_owned).map_err(Problem::into_status)
 }
 
+/// The retry hint of a call refused because the database is unavailable.
+pub const STORE_RETRY: Duration = Duration::from_secs(1);
+
 /// Classes of failure; each maps to exactly one gRPC code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -198,6 +201,23 @@ impl Problem {
     pub fn internal(err: &dyn fmt::Display) -> Problem {
         tracing::error!(error = %err, "internal error");
         Problem::new(Kind::Internal, "INTERNAL", "internal error")
+    }
+
+    /// A storage failure: `UNAVAILABLE` (reason `STORE_UNAVAILABLE`, retry
+    /// in a second) when the database is out of reach, since nothing was
+    /// written and the same call may succeed then; otherwise
+    /// [`Problem::internal`].
+    pub fn storage(err: &dyn fmt::Display, unavailable: bool) -> Problem {
+        if !unavailable {
+            return Problem::internal(err);
+        }
+        tracing::warn!(error = %err, "store unavailable");
+        Problem::new(
+            Kind::Unavailable,
+            "STORE_UNAVAILABLE",
+            "the gateway's database is unavailable; nothing was written, retry later",
+        )
+        .retry_after(STORE_RETRY)
     }
 
     pub fn with(mut self, key: impl Into<String>, value: impl Into<String>) -> Problem {

@@ -123,11 +123,11 @@ impl Scenario for Report {
 pub fn build(env: &Env) -> Pin<Box<dyn Future<Output = Result<Built, BoxError>> + '_>> {
     Box::pin(async move {
         let build = BUILDS.fetch_add(1, Ordering::Relaxed);
-        let destination_conns = env.conns(env.gateway, DESTINATION).await?;
+        let destination_conns = env.gateway_conns(DESTINATION).await?;
         let land = Arc::new(Land {
             build,
             origin: env
-                .conns(env.gateway, ORIGIN)
+                .gateway_conns(ORIGIN)
                 .await?
                 .into_iter()
                 .map(ReferralServiceClient::new)

@@ -17,8 +17,16 @@
 //! hypervisor gave to other guests while the vCPUs wanted to run (`steal`)
 //! says how much of "2 cores" a run really had. The same code measured at
 //! two times differs mostly by this.
+//!
+//! With [`watch_postgres`], the samples also take the PostgreSQL server's
+//! processes on this machine (`/proc/<pid>/schedstat` of every process
+//! named `postgres`): the backends serving the benchmark's own databases
+//! (their command line names the database), and the server's shared
+//! processes (the postmaster, which forks every new connection, the WAL
+//! writer, the checkpointer...). Backends of other databases are left out,
+//! so another user of the same server is not charged to the benchmark.
 
-use std::{collections::HashMap, fs, time::Duration};
+use std::{collections::HashMap, fs, sync::OnceLock, time::Duration};
 
 /// Which part of the benchmark a thread belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,12 +37,27 @@ enum Role {
     Client,
 }
 
+/// Which part of the PostgreSQL server a process is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PgRole {
+    /// A backend serving one of the watched databases.
+    Backend,
+    /// The postmaster and the server's background processes.
+    Shared,
+}
+
+/// Database-name prefix of the PostgreSQL backends to watch (see
+/// [`watch_postgres`]).
+static POSTGRES: OnceLock<String> = OnceLock::new();
+
 /// Each thread's CPU time at one moment.
 #[derive(Debug, Clone, Default)]
 pub struct CpuTimes {
     threads: HashMap<u32, (Role, Duration)>,
     /// The host's CPU time so far (all CPUs, in clock ticks), if readable.
     host: Option<HostTicks>,
+    /// Watched PostgreSQL processes, by pid.
+    postgres: HashMap<u32, (PgRole, Duration)>,
 }
 
 /// The aggregate `cpu` line of `/proc/stat`.
@@ -61,6 +84,23 @@ pub struct PerRequest {
     /// Share (0 to 1) of all the host's CPU time between the two samples
     /// that the hypervisor gave to others while this guest wanted it.
     pub steal: Option<f64>,
+    /// PostgreSQL's backends serving the watched databases, and its shared
+    /// processes; `None` unless [`watch_postgres`] was called.
+    pub postgres: Option<PostgresCpu>,
+}
+
+/// PostgreSQL server CPU time per request, in µs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PostgresCpu {
+    pub backends_us: f64,
+    pub shared_us: f64,
+}
+
+/// From now on, samples also take the PostgreSQL processes serving
+/// databases whose names start with `db_prefix`, and the server's shared
+/// processes.
+pub fn watch_postgres(db_prefix: &str) {
+    let _ = POSTGRES.set(db_prefix.to_owned());
 }
 
 // === impl CpuTimes ===
@@ -92,7 +132,8 @@ impl CpuTimes {
             let comm = comm.trim_end();
             let role = if comm.starts_with("bench-server") {
                 Role::Server
-            } else if comm.starts_with("crossflow-write") {
+            } else if comm.starts_with("crossflow-write") || comm.starts_with("crossflow-pg-wr") {
+                // SQLite's writer, or PostgreSQL's ("crossflow-pg-writer").
                 Role::Writer
             } else if comm.starts_with("crossflow-") {
                 Role::Store
@@ -106,7 +147,15 @@ impl CpuTimes {
         let host = fs::read_to_string("/proc/stat")
             .ok()
             .and_then(|t| host_ticks(&t));
-        Some(CpuTimes { threads, host })
+        let postgres = POSTGRES
+            .get()
+            .map(|prefix| postgres_processes(prefix))
+            .unwrap_or_default();
+        Some(CpuTimes {
+            threads,
+            host,
+            postgres,
+        })
     }
 
     /// Time spent from `before` to now, per request of `requests`; `None`
@@ -138,8 +187,87 @@ impl CpuTimes {
             let steal = now.steal.checked_sub(then.steal)?;
             (total > 0).then(|| steal as f64 / total as f64)
         });
+        if POSTGRES.get().is_some() {
+            let mut pg = PostgresCpu::default();
+            for (pid, (role, now)) in &self.postgres {
+                let then = before.postgres.get(pid).map_or(Duration::ZERO, |t| t.1);
+                let us = now.saturating_sub(then).as_secs_f64() * 1e6 / requests as f64;
+                *match role {
+                    PgRole::Backend => &mut pg.backends_us,
+                    PgRole::Shared => &mut pg.shared_us,
+                } += us;
+            }
+            p.postgres = Some(pg);
+        }
         Some(p)
     }
+}
+
+/// The PostgreSQL processes on this machine to account: backends whose
+/// command line (which PostgreSQL sets to "postgres: USER DATABASE HOST
+/// STATE") names a database starting with `prefix`, and the postmaster and
+/// background processes; other databases' backends are skipped.
+fn postgres_processes(prefix: &str) -> HashMap<u32, (PgRole, Duration)> {
+    /// Background processes, as PostgreSQL 13 to 17 name them.
+    const SHARED: &[&str] = &[
+        "checkpointer",
+        "background writer",
+        "walwriter",
+        "autovacuum launcher",
+        "autovacuum worker",
+        "logical replication launcher",
+        "archiver",
+        "stats collector",
+        "walsummarizer",
+    ];
+    let mut out = HashMap::new();
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return out;
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let dir = p.path();
+        if fs::read_to_string(dir.join("comm")).map_or(true, |c| c.trim_end() != "postgres") {
+            continue;
+        }
+        let Ok(cmdline) = fs::read(dir.join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        // With `cluster_name` set, the title starts with "NAME: ".
+        let title = cmdline
+            .strip_prefix("postgres: ")
+            .map(|t| match t.split_once(": ") {
+                Some((cluster, rest)) if !cluster.contains(' ') => rest,
+                _ => t,
+            });
+        let role = match title {
+            // The postmaster keeps its real command line.
+            None => PgRole::Shared,
+            Some(title)
+                if title
+                    .split_whitespace()
+                    .nth(1)
+                    .is_some_and(|db| db.starts_with(prefix)) =>
+            {
+                PgRole::Backend
+            }
+            Some(title) if SHARED.iter().any(|s| title.trim_start().starts_with(s)) => {
+                PgRole::Shared
+            }
+            Some(_) => continue,
+        };
+        let Some(ran) = fs::read_to_string(dir.join("schedstat"))
+            .ok()
+            .and_then(|s| on_cpu(&s))
+        else {
+            continue;
+        };
+        out.insert(pid, (role, ran));
+    }
+    out
 }
 
 // === impl PerRequest ===
@@ -201,6 +329,7 @@ mod tests {
                 total: 1000,
                 steal: 30,
             }),
+            postgres: HashMap::new(),
         };
         let now = CpuTimes {
             threads: HashMap::new(),
@@ -208,6 +337,7 @@ mod tests {
                 total: 1400,
                 steal: 130,
             }),
+            postgres: HashMap::new(),
         };
         let per = now.per_request(&then, 1).expect("one request");
         assert_eq!(per.steal, Some(0.25));

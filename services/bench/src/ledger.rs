@@ -23,6 +23,9 @@
 //!    tree against the signed checkpoint), then inclusion proofs for random
 //!    indexes are timed: the one batched node query plus rehashing, and the
 //!    whole receipt (entry, parties, proof, text) as GetReceipt builds it.
+//!
+//! With a PostgreSQL server (`--replicas` or `--postgres-url`), the
+//! appends are also measured on PostgreSQL between 1 and 2: see [`pg`].
 
 use std::{
     path::{Path, PathBuf},
@@ -39,6 +42,8 @@ use crossflow_store::{
 use rusqlite::{Connection, params};
 
 use crate::BoxError;
+
+mod pg;
 
 const ORIGIN: &str = "crossflow.bench/ledger";
 /// Every bench entry's parties.
@@ -58,6 +63,8 @@ pub struct Options {
     pub proofs: usize,
     /// Where to build the temporary stores (default: the system temp dir).
     pub dir: Option<PathBuf>,
+    /// Admin URL of a PostgreSQL server: also run the appends there.
+    pub postgres: Option<String>,
 }
 
 pub fn run(o: &Options) -> Result<(), BoxError> {
@@ -120,6 +127,9 @@ pub fn run(o: &Options) -> Result<(), BoxError> {
         "  median, whole runs: plain {p:.0} rows/s, ledger {l:.0} entries/s (sequence + integration, durable), ratio {:.3}",
         l / p
     );
+    if let Some(admin) = &o.postgres {
+        pg::run(o, admin)?;
+    }
     if o.proof_entries > 0 {
         proofs(o)?;
     }
@@ -342,7 +352,7 @@ fn build(dir: &Path, n: u64, signer: &Signer) -> Result<(), BoxError> {
         let mut nodes = Vec::with_capacity((to - from) as usize + 64);
         let mut parties = Vec::with_capacity((to - from) as usize);
         let both: Arc<[String]> = PARTIES.map(str::to_owned).into();
-        let mut appender = Appender::new(&tx)?;
+        let mut appender = Appender::new(&*tx)?;
         for i in from..to {
             let s = appender.append(&Prepared::new(entry(i), &PARTIES)?, 0)?;
             nodes.extend(frontier.append(s.leaf_hash).into_iter().filter(|x| x.0 > 0));
@@ -350,12 +360,13 @@ fn build(dir: &Path, n: u64, signer: &Signer) -> Result<(), BoxError> {
         }
         drop(appender);
         ledger::integrate(
-            &tx,
+            &*tx,
             &Integration {
                 size: to,
                 nodes,
                 parties,
                 checkpoint: None,
+                epoch: None,
             },
         )?;
         tx.commit()?;

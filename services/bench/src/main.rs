@@ -9,6 +9,12 @@
 //!
 //! Servers and client get separate runtimes (like two processes), but they
 //! share this machine's cores: see docs/BENCHMARKS.md.
+//!
+//! With `--replicas 1,2,3` (and a PostgreSQL server: `--postgres-url`), the
+//! same run also drives every gateway scenario against 1, 2 and 3 gateway
+//! replicas on PostgreSQL, beside the SQLite gateway (see `replicas`); with
+//! `--ledger` it adds the ledger's PostgreSQL variant. Without either flag
+//! nothing touches PostgreSQL.
 #![forbid(unsafe_code)]
 
 mod conversions;
@@ -17,13 +23,18 @@ mod echo;
 mod ledger;
 mod load;
 mod mixed;
+mod pg;
 mod quota;
+mod replicas;
 mod report;
 mod scenario;
 mod tags;
 mod transport;
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
 use clap::Parser;
 use crossflow_gateway::{demo::DEMO_BODY, server, testbed::Testbed};
@@ -33,6 +44,7 @@ use tokio::runtime::Runtime;
 
 use crate::{
     load::{Plan, Stop},
+    replicas::Deployment,
     report::Row,
     scenario::{DESTINATION, Env, ORIGIN, SPECS},
 };
@@ -133,6 +145,19 @@ struct Cli {
     /// Directory for the ledger benchmark's temporary stores.
     #[arg(long)]
     ledger_dir: Option<std::path::PathBuf>,
+    /// Admin URL of a PostgreSQL server for `--replicas` and the ledger's
+    /// PostgreSQL variant (default: $CROSSFLOW_TEST_POSTGRES_URL); the
+    /// benchmark creates databases `crossflow_bench_*` on it. Giving it asks
+    /// for the PostgreSQL runs (with --replicas 1,2,3 unless set); the
+    /// variable alone does not.
+    #[arg(long, value_name = "URL")]
+    postgres_url: Option<String>,
+    /// Also run the gateway scenarios against this many gateway replicas
+    /// on PostgreSQL, each count on a fresh database, beside the SQLite
+    /// gateway (e.g. 1,2,3); with --ledger, also run the ledger's
+    /// PostgreSQL variant.
+    #[arg(long, value_delimiter = ',', value_name = "N,...")]
+    replicas: Vec<usize>,
     /// Internal (the ledger benchmark runs itself with it): open the ledger
     /// in DIR as `serve` does, serve receipts, print time to ready and RSS.
     #[arg(long, hide = true, value_name = "DIR")]
@@ -145,6 +170,7 @@ fn main() -> Result<(), BoxError> {
     if let Some(dir) = &cli.ledger_restart {
         return ledger::restart(dir);
     }
+    let postgres = postgres_url(&cli)?;
     if cli.ledger {
         return ledger::run(&ledger::Options {
             entries: cli.ledger_entries,
@@ -153,6 +179,7 @@ fn main() -> Result<(), BoxError> {
             proof_entries: cli.ledger_proof_entries,
             proofs: 1000,
             dir: cli.ledger_dir,
+            postgres,
         });
     }
     if cli.quota {
@@ -237,39 +264,135 @@ fn main() -> Result<(), BoxError> {
     }))?;
 
     let echo_sizes = client_rt.block_on(probe(&bed, gateway.addr))?;
-    let env = Env {
+    let connections = cli.connections.max(1);
+    let mut deployments = vec![Deployment::sqlite(gateway, connections, postgres.is_some())];
+    if let Some(admin) = &postgres {
+        cpu::watch_postgres(pg::PREFIX);
+        for &n in &replica_counts(&cli) {
+            deployments.push(Deployment::postgres(
+                &bed,
+                admin,
+                n,
+                connections,
+                &server_rt,
+            )?);
+        }
+    }
+    let mut env = Env {
         bed,
-        gateway: gateway.addr,
+        gateways: deployments[0].addrs(),
         echo: echo.addr,
-        connections: cli.connections.max(1),
+        connections,
         plan,
         echo_sizes,
     };
     report::header(&env, cli.server_threads, cli.client_threads);
+    if let Some(admin) = &postgres {
+        report::replicas_header(&deployments, &pg::host(admin), cli.server_threads);
+    }
+    report::header_end();
 
+    let mut admin = match &postgres {
+        Some(url) => Some(pg::admin(url)?),
+        None => None,
+    };
     let rounds = if cli.quick { 1 } else { cli.rounds.max(1) };
     let mut rows: Vec<Row> = Vec::new();
     for round in 1..=rounds {
         for &spec in &specs {
-            let built = client_rt.block_on((spec.build)(&env))?;
-            let before = gateway.store.db().stats();
-            let cpu_before = cpu::CpuTimes::sample();
-            let outcome = client_rt.block_on(load::drive(built.scenario, plan))?;
-            let cpu = cpu::CpuTimes::since(cpu_before, outcome.issued());
-            let after = gateway.store.db().stats();
-            let mut row = Row::new(round, spec, outcome, built.note, before, after);
-            row.cpu = cpu;
-            row.progress();
-            rows.push(row);
+            // The echo baseline runs once a round; every gateway scenario
+            // against each configuration in turn.
+            let against = match spec.target {
+                None => &deployments[..1],
+                Some(_) => &deployments[..],
+            };
+            for d in against {
+                let config = match spec.target {
+                    None => replicas::Config {
+                        label: String::new(),
+                        ..d.config.clone()
+                    },
+                    Some(_) => d.config.clone(),
+                };
+                env.gateways = d.addrs();
+                env.connections = d.config.connections;
+                let built = client_rt.block_on((spec.build)(&env))?;
+                // PostgreSQL's counters, once the preparation's are flushed.
+                let pg_before = match (&mut admin, &d.config.database) {
+                    (Some(c), Some(db)) => {
+                        pg::settle();
+                        Some(pg::counters(c, db)?)
+                    }
+                    _ => None,
+                };
+                let before = d.stats();
+                let cpu_before = cpu::CpuTimes::sample();
+                let started = Instant::now();
+                let outcome = client_rt.block_on(load::drive(built.scenario, plan))?;
+                let ran = started.elapsed();
+                let cpu = cpu::CpuTimes::since(cpu_before, outcome.issued());
+                let after = d.stats();
+                let pg_used = match (&mut admin, &d.config.database, pg_before) {
+                    (Some(c), Some(db), Some(before)) => {
+                        pg::settle();
+                        Some(pg::counters(c, db)?.since(&before))
+                    }
+                    _ => None,
+                };
+                let mut row =
+                    Row::new(round, spec, config, outcome, built.note, ran, before, after);
+                row.cpu = cpu;
+                row.pg = pg_used;
+                row.progress();
+                rows.push(row);
+            }
         }
     }
     report::table(&rows);
 
     drop(env);
+    drop(admin);
     client_rt.shutdown_timeout(Duration::from_secs(1));
     server_rt.block_on(echo.stop())?;
-    server_rt.block_on(gateway.shutdown())?;
+    for d in deployments {
+        let database = d.config.database.clone();
+        d.shutdown(&server_rt)?;
+        if let (Some(admin), Some(db)) = (&postgres, database) {
+            pg::drop_database(admin, &db)?;
+        }
+    }
     Ok(())
+}
+
+/// The PostgreSQL admin URL, if the run asks for PostgreSQL (`--replicas`
+/// or `--postgres-url`): the flag's, else the environment's.
+fn postgres_url(cli: &Cli) -> Result<Option<String>, BoxError> {
+    if cli.postgres_url.is_none() && cli.replicas.is_empty() {
+        return Ok(None);
+    }
+    if cli.replicas.contains(&0) {
+        return Err("--replicas: every count must be at least 1".into());
+    }
+    let url = cli
+        .postgres_url
+        .clone()
+        .or_else(|| std::env::var(pg::POSTGRES_URL_ENV).ok())
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| {
+            format!(
+                "--replicas needs a PostgreSQL server: --postgres-url URL or {}",
+                pg::POSTGRES_URL_ENV
+            )
+        })?;
+    Ok(Some(url))
+}
+
+/// The replica counts to run: `--replicas`, or 1, 2 and 3.
+fn replica_counts(cli: &Cli) -> Vec<usize> {
+    match cli.replicas.is_empty() {
+        true => vec![1, 2, 3],
+        false => cli.replicas.clone(),
+    }
 }
 
 fn runtime(name: &str, threads: usize) -> Result<Runtime, BoxError> {

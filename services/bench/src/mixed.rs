@@ -430,9 +430,10 @@ impl Scenario for Mint {
 }
 
 async fn connect(env: &Env, ids: &[String]) -> Result<Vec<Partner>, BoxError> {
+    let gateway = *env.gateways.first().ok_or("no gateway")?;
     let mut out = Vec::new();
     for id in ids {
-        let conn = transport::connect(&env.bed, env.gateway, id).await?;
+        let conn = transport::connect(&env.bed, gateway, id).await?;
         out.push(Partner {
             referrals: ReferralServiceClient::new(conn.clone()),
             tags: TagServiceClient::new(conn.clone()),
@@ -483,7 +484,7 @@ pub fn run(o: &Options, client_rt: &Runtime, server_rt: &Runtime) -> Result<(), 
     let echo_sizes = client_rt.block_on(crate::probe(&bed, gateway.addr))?;
     let env = Env {
         bed,
-        gateway: gateway.addr,
+        gateways: vec![gateway.addr],
         echo: echo.addr,
         connections: o.connections.max(1),
         plan: o.plan,

@@ -40,12 +40,14 @@ const TARGET: &str = "room/nursery-makeover";
 /// Most tokens pre-minted for RedeemReferral (about 0.5 KiB each in memory).
 const MAX_TOKENS: usize = 2_000_000;
 
-/// What the scenarios are built from: the federation, both servers, and the
+/// What the scenarios are built from: the federation, the servers, and the
 /// plan every scenario runs under.
 #[derive(Debug)]
 pub struct Env {
     pub bed: Testbed,
-    pub gateway: SocketAddr,
+    /// The gateway replicas under test (one, but for PostgreSQL runs with
+    /// `--replicas`): every partner's connections go round-robin over them.
+    pub gateways: Vec<SocketAddr>,
     pub echo: SocketAddr,
     /// HTTP/2 connections per scenario (per partner certificate).
     pub connections: usize,
@@ -85,6 +87,10 @@ pub struct Spec {
     pub label: &'static str,
     pub about: &'static str,
     pub target: Option<Target>,
+    /// With `--replicas`: the lowest acceptable requests/s on one
+    /// PostgreSQL replica, as a share of the SQLite gateway's in the same
+    /// round (issue 19).
+    pub postgres_min_ratio: Option<f64>,
     pub build: Build,
 }
 
@@ -95,6 +101,7 @@ pub const SPECS: &[Spec] = &[
         label: "echo (baseline)",
         about: "bare tonic unary echo, same mTLS, payload sized like CreateReferral",
         target: None,
+        postgres_min_ratio: None,
         build: build_echo,
     },
     Spec {
@@ -107,6 +114,7 @@ pub const SPECS: &[Spec] = &[
             min_rps: None,
             source: "issue 2",
         }),
+        postgres_min_ratio: None,
         build: build_create,
     },
     Spec {
@@ -119,6 +127,7 @@ pub const SPECS: &[Spec] = &[
             min_rps: None,
             source: "issue 2",
         }),
+        postgres_min_ratio: Some(0.50),
         build: build_redeem,
     },
     Spec {
@@ -131,6 +140,7 @@ pub const SPECS: &[Spec] = &[
             min_rps: None,
             source: "issue 3 sets no target",
         }),
+        postgres_min_ratio: None,
         build: crate::tags::build,
     },
     Spec {
@@ -143,6 +153,7 @@ pub const SPECS: &[Spec] = &[
             min_rps: Some(20_000.0),
             source: "issue 4: >= 20,000/s",
         }),
+        postgres_min_ratio: Some(0.50),
         build: crate::conversions::build,
     },
 ];
@@ -159,12 +170,30 @@ impl Env {
         transport::connect_n(&self.bed, addr, name, self.connections).await
     }
 
+    /// `self.connections` mTLS HTTP/2 connections to the gateway as `name`,
+    /// connection `i` to replica `i % replicas` (workers pick connections
+    /// round-robin by lane, so they are spread over the replicas too).
+    pub async fn gateway_conns(&self, name: &str) -> Result<Vec<Conn>, BoxError> {
+        let Some(&first) = self.gateways.first() else {
+            return Err("no gateway to connect to".into());
+        };
+        if self.gateways.len() == 1 {
+            return self.conns(first, name).await;
+        }
+        let mut out = Vec::with_capacity(self.connections.max(1));
+        for i in 0..self.connections.max(1) {
+            let addr = self.gateways[i % self.gateways.len()];
+            out.push(transport::connect(&self.bed, addr, name).await?);
+        }
+        Ok(out)
+    }
+
     async fn referral_clients(
         &self,
         name: &str,
     ) -> Result<Vec<ReferralServiceClient<Conn>>, BoxError> {
         Ok(self
-            .conns(self.gateway, name)
+            .gateway_conns(name)
             .await?
             .into_iter()
             .map(ReferralServiceClient::new)

@@ -122,8 +122,8 @@ impl Scenario for Read {
 
 pub fn build(env: &Env) -> Pin<Box<dyn Future<Output = Result<Built, BoxError>> + '_>> {
     Box::pin(async move {
-        let origin_conns = env.conns(env.gateway, ORIGIN).await?;
-        let destination_conns = env.conns(env.gateway, DESTINATION).await?;
+        let origin_conns = env.gateway_conns(ORIGIN).await?;
+        let destination_conns = env.gateway_conns(DESTINATION).await?;
         let prepare = Arc::new(Prepare {
             build: BUILDS.fetch_add(1, Ordering::Relaxed),
             origin_tags: origin_conns

@@ -81,7 +81,7 @@ fn refuse(e: ConversionError) -> GrpcStatus {
 }
 
 #[tonic::async_trait]
-impl ConversionService for Conversions {
+impl<D: crossflow_store::Database> ConversionService for Conversions<D> {
     async fn report_conversion(
         &self,
         req: Request<pb::ReportConversionRequest>,

@@ -23,12 +23,12 @@ use crossflow_api::{Kind, Problem, check::Checks};
 use crossflow_identity::{KeyRing, ReferralId};
 use crossflow_settings::{Settings, SettingsHandle};
 use crossflow_store::{
-    Db, Landing, StoreError,
+    Database, Landing, Store, StoreError,
     conversions::{self as rows, ConversionRecord, UpdateRecord},
     ledger,
+    sql::Conn,
 };
 use ring::digest;
-use rusqlite::Connection;
 
 use crate::entry::{Entry, EntryError};
 
@@ -144,15 +144,15 @@ pub enum Releaser<'a> {
     Cli,
 }
 
-/// The conversion service.
-pub struct Conversions {
-    db: Db,
+/// The conversion service, on whichever [`Database`] the gateway chose.
+pub struct Conversions<D = Store> {
+    db: D,
     keys: Arc<KeyRing>,
     settings: SettingsHandle,
     clock: Arc<dyn Clock>,
 }
 
-impl std::fmt::Debug for Conversions {
+impl<D> std::fmt::Debug for Conversions<D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Conversions").finish_non_exhaustive()
     }
@@ -233,7 +233,7 @@ impl ConversionError {
             }
             E::OperatorOnly => Problem::new(Kind::PermissionDenied, "OPERATOR_ONLY", msg),
             E::Entry(e) => Problem::internal(e),
-            E::Store(e) => Problem::internal(e),
+            E::Store(e) => Problem::storage(e, e.is_unavailable()),
         }
     }
 }
@@ -259,13 +259,13 @@ pub fn conversion_id(reporter: &str, order_id: &str, recorded_at_ms: i64) -> [u8
 
 // === impl Conversions ===
 
-impl Conversions {
+impl<D: Database> Conversions<D> {
     pub fn new(
-        db: Db,
+        db: D,
         keys: Arc<KeyRing>,
         settings: SettingsHandle,
         clock: Arc<dyn Clock>,
-    ) -> Conversions {
+    ) -> Conversions<D> {
         Conversions {
             db,
             keys,
@@ -379,7 +379,7 @@ impl Conversions {
 /// Lifts a hold on `db` directly (also used by `crossflow conversions
 /// release`, with the gateway stopped).
 pub async fn release_with(
-    db: &Db,
+    db: &impl Database,
     now: i64,
     by: Releaser<'_>,
     id: &str,
@@ -514,7 +514,7 @@ struct Candidate {
 
 type TxResult<T> = Result<Result<T, ConversionError>, StoreError>;
 
-fn report_tx(conn: &Connection, x: &ReportCtx) -> TxResult<Recorded> {
+fn report_tx(conn: &dyn Conn, x: &ReportCtx) -> TxResult<Recorded> {
     let r = &x.req;
     if let Some(prev) = rows::select_by_order(conn, &x.caller, &r.order_id)? {
         let mut fields = Vec::new();
@@ -697,7 +697,7 @@ fn report_tx(conn: &Connection, x: &ReportCtx) -> TxResult<Recorded> {
 }
 
 /// The landings that count as touches, oldest first.
-fn candidates(conn: &Connection, x: &ReportCtx) -> Result<Vec<Candidate>, ConversionError> {
+fn candidates(conn: &dyn Conn, x: &ReportCtx) -> Result<Vec<Candidate>, ConversionError> {
     let s = &x.settings;
     let occurred = x.occurred_at_ms;
     if let Some(rid) = x.referral {
@@ -771,7 +771,7 @@ fn terms(
 }
 
 fn fraud_reasons(
-    conn: &Connection,
+    conn: &dyn Conn,
     x: &ReportCtx,
     candidates: &[Candidate],
 ) -> Result<Vec<&'static str>, StoreError> {
@@ -819,7 +819,7 @@ struct UpdateCtx {
     settings: Arc<Settings>,
 }
 
-fn update_tx(conn: &Connection, x: &UpdateCtx) -> TxResult<Recorded> {
+fn update_tx(conn: &dyn Conn, x: &UpdateCtx) -> TxResult<Recorded> {
     let r = &x.req;
     let Some(mut rec) = rows::select_by_order(conn, &x.caller, &r.order_id)? else {
         return Ok(Err(ConversionError::NotFound(r.order_id.clone())));
@@ -955,7 +955,7 @@ const UNKNOWN_AGREEMENT_LOCK_DAYS: u32 = crossflow_settings::raw::DEFAULT_LOCK_P
 /// `lock_period_days` among the report's touches' agreements after `x.now`.
 /// The agreements are read from the report entry itself (the record keeps
 /// only the payouts), so this is exactly what a verifier sees.
-fn payable_at(conn: &Connection, rec: &ConversionRecord, x: &UpdateCtx) -> Result<i64, StoreError> {
+fn payable_at(conn: &dyn Conn, rec: &ConversionRecord, x: &UpdateCtx) -> Result<i64, StoreError> {
     let report = ledger::entry(conn, rec.report_index)?.ok_or_else(|| {
         StoreError::Corrupt(format!("report entry {} is missing", rec.report_index))
     })?;
@@ -996,7 +996,7 @@ struct ReleaseCtx {
     salt: String,
 }
 
-fn release_tx(conn: &Connection, x: &ReleaseCtx) -> TxResult<Recorded> {
+fn release_tx(conn: &dyn Conn, x: &ReleaseCtx) -> TxResult<Recorded> {
     let Some(mut rec) = rows::select(conn, &x.id)? else {
         return Ok(Err(ConversionError::NotFound(x.hex.clone())));
     };
@@ -1090,7 +1090,7 @@ fn reversed(payout: i64, basis: i64, amount: i64) -> i64 {
 
 #[allow(clippy::too_many_arguments)]
 fn append_update(
-    conn: &Connection,
+    conn: &dyn Conn,
     mut rec: ConversionRecord,
     history: &[UpdateRecord],
     event: &str,
@@ -1139,7 +1139,7 @@ fn parties<'a>(reporter: &'a str, payouts: &'a [(String, i64)]) -> Vec<&'a str> 
     out
 }
 
-fn entry_ref(conn: &Connection, index: u64, leaf_hash: [u8; 32]) -> Result<EntryRef, StoreError> {
+fn entry_ref(conn: &dyn Conn, index: u64, leaf_hash: [u8; 32]) -> Result<EntryRef, StoreError> {
     let bytes = ledger::entry(conn, index)?
         .map(|e| e.bytes)
         .ok_or_else(|| StoreError::Corrupt(format!("ledger entry {index} is missing")))?;

@@ -1,6 +1,8 @@
 use std::collections::BTreeMap;
 
-use crossflow_store::{LandingStore, Sqlite};
+use std::cell::Cell;
+
+use crossflow_store::{ConversionStore, Database, LandingStore, Sqlite, Store};
 use serde_json::Value;
 
 use super::*;
@@ -14,9 +16,52 @@ impl Clock for Fixed {
     }
 }
 
+thread_local! {
+    /// The test whose fixture runs on PostgreSQL (see `on_both!`); SQLite
+    /// when `None`.
+    static ON_POSTGRES: Cell<Option<&'static str>> = const { Cell::new(None) };
+}
+
+/// Runs each named case twice, as `<case>::sqlite` and `<case>::postgres`
+/// (skipped, with a printed line, without a PostgreSQL test server).
+macro_rules! on_both {
+    ($($case:ident),* $(,)?) => {$(
+        mod $case {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$case().await;
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                let name = concat!("conversions_", stringify!($case));
+                if crossflow_store::testing::postgres_admin_url(name).is_none() {
+                    return;
+                }
+                super::ON_POSTGRES.set(Some(name));
+                super::$case().await;
+            }
+        }
+    )*};
+}
+
+on_both!(
+    linear_attribution_across_two_origins,
+    three_hop_chain_pays_upstream_hops,
+    category_rates_and_boosts,
+    retries_are_idempotent_and_conflicts_name_fields,
+    unattributed_orders_post_nothing,
+    refunds_reverse_proportionally_then_completely,
+    cancel_reverses_and_blocks_later_changes,
+    held_conversions_post_only_when_released,
+    velocity_rule_counts_landings_in_the_hour,
+    a_given_referral_must_be_this_buyers_landing,
+    every_bad_field_is_named,
+);
+
 struct Fx {
     _dir: tempfile::TempDir,
-    store: Sqlite,
+    store: Store,
     keys: Arc<KeyRing>,
     svc: Conversions,
 }
@@ -82,9 +127,12 @@ fn fx(model: &str, fraud: &str) -> Fx {
     let key_dir = dir.path().join("keys");
     KeyRing::generate(&key_dir).unwrap();
     let keys = Arc::new(KeyRing::load(&key_dir).unwrap());
-    let store = Sqlite::open(&dir.path().join("data")).unwrap();
+    let store = match ON_POSTGRES.get() {
+        Some(name) => Store::Postgres(crossflow_store::testing::postgres(name).unwrap()),
+        None => Store::Sqlite(Sqlite::open(&dir.path().join("data")).unwrap()),
+    };
     let svc = Conversions::new(
-        store.db().clone(),
+        store.clone(),
         keys.clone(),
         SettingsHandle::new(settings),
         Arc::new(Fixed),
@@ -167,7 +215,6 @@ fn update(order: &str, status: Status, refund: i64, request_id: &str) -> UpdateR
     }
 }
 
-#[tokio::test]
 async fn linear_attribution_across_two_origins() {
     let f = fx("linear", "");
     f.land(1, &["alpha"], "beta", "buyer", 3_600_000).await;
@@ -202,15 +249,15 @@ async fn linear_attribution_across_two_origins() {
             ("partner:gamma:receivable".into(), 1500),
         ])
     );
+    let index = r.entry.index;
     let parties = f
         .store
-        .db()
-        .read_blocking(|c| ledger::parties(c, r.entry.index))
+        .read(move |c| ledger::parties(c, index))
+        .await
         .unwrap();
     assert_eq!(parties, ["alpha", "beta", "gamma"]);
 }
 
-#[tokio::test]
 async fn three_hop_chain_pays_upstream_hops() {
     let f = fx("last_touch", "");
     // alpha -> beta -> gamma: the landing at gamma came from beta.
@@ -237,7 +284,6 @@ async fn three_hop_chain_pays_upstream_hops() {
     assert_eq!(shares[1]["role"], "direct");
 }
 
-#[tokio::test]
 async fn category_rates_and_boosts() {
     let f = fx("last_touch", "");
     f.land(1, &["alpha"], "beta", "buyer", 60_000).await;
@@ -264,7 +310,6 @@ async fn category_rates_and_boosts() {
     assert_eq!(r.conversion.commission_minor, 800);
 }
 
-#[tokio::test]
 async fn retries_are_idempotent_and_conflicts_name_fields() {
     let f = fx("last_touch", "");
     f.land(1, &["alpha"], "beta", "buyer", 60_000).await;
@@ -300,7 +345,6 @@ async fn retries_are_idempotent_and_conflicts_name_fields() {
     assert_ne!(c.conversion.conversion_id, a.conversion.conversion_id);
 }
 
-#[tokio::test]
 async fn unattributed_orders_post_nothing() {
     let f = fx("last_touch", "");
     let r = f
@@ -315,7 +359,6 @@ async fn unattributed_orders_post_nothing() {
     assert!(json(&r)["postings"].as_array().unwrap().is_empty());
 }
 
-#[tokio::test]
 async fn refunds_reverse_proportionally_then_completely() {
     let f = fx("linear", "");
     f.land(1, &["alpha"], "beta", "buyer", 3_600_000).await;
@@ -412,7 +455,6 @@ async fn refunds_reverse_proportionally_then_completely() {
     );
 }
 
-#[tokio::test]
 async fn cancel_reverses_and_blocks_later_changes() {
     let f = fx("last_touch", "");
     f.land(1, &["alpha"], "beta", "buyer", 60_000).await;
@@ -450,7 +492,6 @@ async fn cancel_reverses_and_blocks_later_changes() {
     assert_eq!(e.problem().kind, Kind::NotFound);
 }
 
-#[tokio::test]
 async fn held_conversions_post_only_when_released() {
     let f = fx(
         "last_touch",
@@ -504,7 +545,6 @@ async fn held_conversions_post_only_when_released() {
     assert!(matches!(e, ConversionError::NotFound(_)));
 }
 
-#[tokio::test]
 async fn velocity_rule_counts_landings_in_the_hour() {
     let f = fx("last_touch", "[fraud]\nmax_landings_per_uid_per_hour = 2\n");
     for i in 0..3 {
@@ -525,7 +565,6 @@ async fn velocity_rule_counts_landings_in_the_hour() {
     assert_eq!(r.conversion.hold_reason, "LANDING_VELOCITY");
 }
 
-#[tokio::test]
 async fn a_given_referral_must_be_this_buyers_landing() {
     let f = fx("linear", "");
     let mine = f.land(1, &["alpha"], "beta", "buyer", 60_000).await;
@@ -545,7 +584,6 @@ async fn a_given_referral_must_be_this_buyers_landing() {
     assert_eq!(e.problem().reason, "REFERRAL_NOT_A_TOUCH");
 }
 
-#[tokio::test]
 async fn every_bad_field_is_named() {
     let f = fx("last_touch", "");
     let bad = ReportRequest {

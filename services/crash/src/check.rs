@@ -7,6 +7,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crossflow_store::sql::{ConnExt as _, RowExt as _};
+
 use crossflow_api::rng::SplitMix64;
 use crossflow_ledger::{Verifier, merkle};
 use crossflow_proto::v1::{
@@ -18,6 +20,7 @@ use crossflow_proto::v1::{
 use crate::{
     BoxError,
     load::{Acked, Answer, B, Book, Clients, Op, Seen},
+    storage::Storage,
 };
 
 /// Acknowledged writes of each kind resent per cycle (from any cycle).
@@ -35,6 +38,11 @@ pub struct Report {
     /// Of those, reports and updates whose first retry answered `replayed`:
     /// durable before the kill, only the answer was lost.
     pub replayed: u64,
+    /// Writes refused with `STORE_UNAVAILABLE`, resent and acknowledged.
+    pub refused_retried: u64,
+    /// Of those, reports and updates whose first retry answered `replayed`:
+    /// written after all (the refusal said nothing was).
+    pub refused_replayed: u64,
     /// Acknowledged writes resent to compare answers.
     pub resent: u64,
     pub ledger_size: u64,
@@ -57,8 +65,12 @@ impl Report {
 #[derive(Debug)]
 pub struct Ctx<'a> {
     pub clients: &'a Clients,
+    /// The replica whose checkpoint the log checks read (ListEntries stops
+    /// at a replica's latest checkpoint, which followers read back from the
+    /// store a little after the leader signs it).
+    pub home: usize,
     pub config: &'a Path,
-    pub db: &'a Path,
+    pub storage: &'a Storage,
     pub bin: &'a Path,
     pub verifier: &'a Verifier,
     pub origin: &'a str,
@@ -99,16 +111,24 @@ fn same_answer(first: &Answer, again: &Answer) -> Result<(), String> {
     }
 }
 
-/// Resends every write whose answer was lost, twice: the first must succeed,
-/// the second must give the same answer (nothing applied twice).
+/// Resends every write whose answer was lost (or that was refused with
+/// `STORE_UNAVAILABLE`), twice: the first must succeed, the second must
+/// give the same answer (nothing applied twice).
 pub async fn retry_lost(ctx: &Ctx<'_>, book: &mut Book, cycle: u32, r: &mut Report) {
-    for op in std::mem::take(&mut book.lost) {
+    let lost = std::mem::take(&mut book.lost)
+        .into_iter()
+        .map(|op| (op, false));
+    let refused = std::mem::take(&mut book.refused)
+        .into_iter()
+        .map(|op| (op, true));
+    for (op, refused) in lost.chain(refused) {
+        let what = if refused { "refused" } else { "lost" };
         let first = match ctx.clients.send(&op).await {
             Ok(a) => a,
             Err(s) => {
                 r.check(false, || {
                     format!(
-                        "retry of lost {} {op:?}: {:?} {}",
+                        "retry of {what} {} {op:?}: {:?} {}",
                         op.kind(),
                         s.code(),
                         s.message()
@@ -121,14 +141,18 @@ pub async fn retry_lost(ctx: &Ctx<'_>, book: &mut Book, cycle: u32, r: &mut Repo
         if matches!(&first, Answer::Report(a) if a.replayed)
             || matches!(&first, Answer::Update(a) if a.replayed)
         {
-            r.replayed += 1;
+            if refused {
+                r.refused_replayed += 1;
+            } else {
+                r.replayed += 1;
+            }
         }
         match ctx.clients.send(&op).await {
             Ok(again) => {
                 let same = same_answer(&first, &again);
                 r.check(same.is_ok(), || {
                     format!(
-                        "second retry of lost {}: {}",
+                        "second retry of {what} {}: {}",
                         op.kind(),
                         same.err().unwrap_or_default()
                     )
@@ -137,7 +161,7 @@ pub async fn retry_lost(ctx: &Ctx<'_>, book: &mut Book, cycle: u32, r: &mut Repo
             Err(s) => {
                 r.check(false, || {
                     format!(
-                        "second retry of lost {}: {:?} {}",
+                        "second retry of {what} {}: {:?} {}",
                         op.kind(),
                         s.code(),
                         s.message()
@@ -145,7 +169,11 @@ pub async fn retry_lost(ctx: &Ctx<'_>, book: &mut Book, cycle: u32, r: &mut Repo
                 });
             }
         }
-        r.retried += 1;
+        if refused {
+            r.refused_retried += 1;
+        } else {
+            r.retried += 1;
+        }
         book.acked.push(Acked {
             op,
             answer: first,
@@ -204,8 +232,8 @@ pub async fn checkpoints(
         .map(|e| e.index + 1)
         .max()
         .unwrap_or(0);
-    let need = acked.max(stored_entries(ctx)?);
-    let mut ops = ctx.clients.operator.clone();
+    let need = acked.max(stored_entries(ctx.storage).await?);
+    let mut ops = ctx.clients.at(ctx.home).operator.clone();
     let deadline = Instant::now() + Duration::from_secs(30);
     let latest = loop {
         let c = ops
@@ -311,7 +339,7 @@ fn signed_note(ctx: &Ctx<'_>, note: &str, size: u64, root: &[u8]) -> bool {
 /// entry at its index with its bytes, one `reported` entry per order and one
 /// entry per acknowledged update, nothing else.
 pub async fn ledger(ctx: &Ctx<'_>, book: &Book, r: &mut Report) -> Result<(), BoxError> {
-    let mut ops = ctx.clients.operator.clone();
+    let mut ops = ctx.clients.at(ctx.home).operator.clone();
     let mut entries = Vec::new();
     let mut token = String::new();
     loop {
@@ -408,7 +436,7 @@ async fn conversion(
     by: usize,
     order_id: &str,
 ) -> Result<tonic::Response<GetConversionResponse>, tonic::Status> {
-    ctx.clients.parties[by]
+    ctx.clients.any().parties[by]
         .conversions
         .clone()
         .get_conversion(GetConversionRequest {
@@ -430,7 +458,7 @@ pub async fn read_back(
         match (&a.op, &a.answer) {
             (Op::Redeem(by, _), Answer::Redeem(ans)) => {
                 let want = ans.referral.clone().unwrap_or_default();
-                let got = ctx.clients.parties[*by]
+                let got = ctx.clients.any().parties[*by]
                     .referrals
                     .clone()
                     .get_referral(GetReferralRequest {
@@ -480,7 +508,7 @@ pub async fn read_back(
                 });
             }
             (Op::Publish(_, req, referral), Answer::Publish(_)) => {
-                let got = ctx.clients.parties[B]
+                let got = ctx.clients.any().parties[B]
                     .tags
                     .clone()
                     .get_referred_user_tags(GetReferredUserTagsRequest {
@@ -514,7 +542,7 @@ pub async fn read_back(
         .collect();
     for _ in 0..RECEIPTS_PER_CYCLE.min(entries.len()) {
         let (by, e) = entries[rng.below(entries.len())];
-        let got = ctx.clients.parties[by]
+        let got = ctx.clients.any().parties[by]
             .ledger
             .clone()
             .get_receipt(GetReceiptRequest {
@@ -545,35 +573,74 @@ pub async fn read_back(
     Ok(())
 }
 
-/// The SQLite file, read-only (the gateway may be running).
-fn open_read_only(ctx: &Ctx<'_>) -> Result<rusqlite::Connection, BoxError> {
-    let db = rusqlite::Connection::open_with_flags(
-        ctx.db,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    db.busy_timeout(Duration::from_secs(10))?;
-    Ok(db)
-}
-
 /// The store's ledger entries.
-fn stored_entries(ctx: &Ctx<'_>) -> Result<u64, BoxError> {
-    let n: i64 =
-        open_read_only(ctx)?
-            .query_row("SELECT COUNT(*) FROM ledger_entries", [], |row| row.get(0))?;
+pub async fn stored_entries(storage: &Storage) -> Result<u64, BoxError> {
+    let n = storage
+        .read(|c| c.query_int("SELECT COUNT(*) FROM ledger_entries", &[]))
+        .await?;
     Ok(u64::try_from(n)?)
 }
 
-/// Reads the SQLite file (read-only, while the gateway runs): rows are
+/// The rows [`stored`] compares with the book, read in one snapshot.
+#[derive(Debug, Default)]
+struct Rows {
+    /// Referral ids (hex) of the landings.
+    landings: BTreeSet<String>,
+    /// Ledger index -> leaf hash.
+    leaves: BTreeMap<i64, Vec<u8>>,
+    /// (reporter, order id, report index, report leaf) of each conversion.
+    conversions: Vec<(String, String, i64, Vec<u8>)>,
+    /// (entry index, leaf hash) of each conversion update.
+    updates: Vec<(i64, Vec<u8>)>,
+}
+
+/// Reads [`Rows`]; the same SQL on SQLite and PostgreSQL.
+fn rows(c: &dyn crossflow_store::sql::Conn) -> Result<Rows, crossflow_store::StoreError> {
+    Ok(Rows {
+        landings: c
+            .query_vec("SELECT referral_id FROM landings", &[], |row| {
+                Ok(hex::encode(row.bytes(0)?))
+            })?
+            .into_iter()
+            .collect(),
+        leaves: c
+            .query_vec("SELECT idx, leaf_hash FROM ledger_entries", &[], |row| {
+                Ok((row.int(0)?, row.bytes(1)?.to_vec()))
+            })?
+            .into_iter()
+            .collect(),
+        conversions: c.query_vec(
+            "SELECT reporter, order_id, report_index, report_leaf FROM conversions",
+            &[],
+            |row| {
+                Ok((
+                    row.string(0)?,
+                    row.string(1)?,
+                    row.int(2)?,
+                    row.bytes(3)?.to_vec(),
+                ))
+            },
+        )?,
+        updates: c.query_vec(
+            "SELECT entry_index, leaf_hash FROM conversion_updates",
+            &[],
+            |row| Ok((row.int(0)?, row.bytes(1)?.to_vec())),
+        )?,
+    })
+}
+
+/// Reads the store directly (the SQLite file read-only, or the replicas'
+/// PostgreSQL database, in one snapshot, while the gateways run): rows are
 /// exactly the acknowledged writes, and every conversion row and its ledger
 /// entry exist together or not at all.
-pub fn sqlite(ctx: &Ctx<'_>, book: &Book, r: &mut Report) -> Result<(), BoxError> {
-    let db = open_read_only(ctx)?;
-    let tx = db.unchecked_transaction()?;
+pub async fn stored(ctx: &Ctx<'_>, book: &Book, r: &mut Report) -> Result<(), BoxError> {
+    let Rows {
+        landings,
+        leaves,
+        conversions: conversion_rows,
+        updates: update_rows,
+    } = ctx.storage.snapshot(rows).await?;
 
-    let landings: BTreeSet<String> = tx
-        .prepare("SELECT lower(hex(referral_id)) FROM landings")?
-        .query_map([], |row| row.get(0))?
-        .collect::<Result<_, _>>()?;
     let redeemed: BTreeSet<String> = book
         .acked
         .iter()
@@ -592,49 +659,25 @@ pub fn sqlite(ctx: &Ctx<'_>, book: &Book, r: &mut Report) -> Result<(), BoxError
         )
     });
 
-    let leaves: BTreeMap<i64, Vec<u8>> = tx
-        .prepare("SELECT idx, leaf_hash FROM ledger_entries")?
-        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
-        .collect::<Result<_, _>>()?;
     // Every ledger row must be claimed by exactly one conversion or update
     // row with the same leaf, and every such row must have its ledger row.
     let mut claims: BTreeMap<i64, u32> = BTreeMap::new();
     let mut orphans = 0u64;
     let mut conversions: BTreeMap<(String, String), i64> = BTreeMap::new();
-    {
-        let mut st =
-            tx.prepare("SELECT reporter, order_id, report_index, report_leaf FROM conversions")?;
-        let rows = st.query_map([], |row| {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, String>(1)?,
-                row.get::<_, i64>(2)?,
-                row.get::<_, Vec<u8>>(3)?,
-            ))
-        })?;
-        for row in rows {
-            let (reporter, order, idx, leaf) = row?;
-            if leaves.get(&idx) != Some(&leaf) {
-                orphans += 1;
-            }
-            *claims.entry(idx).or_default() += 1;
-            conversions.insert((reporter, order), idx);
+    for (reporter, order, idx, leaf) in conversion_rows {
+        if leaves.get(&idx) != Some(&leaf) {
+            orphans += 1;
         }
+        *claims.entry(idx).or_default() += 1;
+        conversions.insert((reporter, order), idx);
     }
     let mut updates: BTreeSet<i64> = BTreeSet::new();
-    {
-        let mut st = tx.prepare("SELECT entry_index, leaf_hash FROM conversion_updates")?;
-        let rows = st.query_map([], |row| {
-            Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?))
-        })?;
-        for row in rows {
-            let (idx, leaf) = row?;
-            if leaves.get(&idx) != Some(&leaf) {
-                orphans += 1;
-            }
-            *claims.entry(idx).or_default() += 1;
-            updates.insert(idx);
+    for (idx, leaf) in update_rows {
+        if leaves.get(&idx) != Some(&leaf) {
+            orphans += 1;
         }
+        *claims.entry(idx).or_default() += 1;
+        updates.insert(idx);
     }
     r.check(orphans == 0, || {
         format!("{orphans} conversion/update rows without their ledger entry")

@@ -4,8 +4,12 @@
 //!
 //! Every write carries its idempotency key (request_id or order_id), so a
 //! request whose answer was lost in the crash can be sent again unchanged.
+//!
+//! With several replicas each request goes to one of those up, picked at
+//! random, so a hop minted at one replica is redeemed at another.
 
 use std::{
+    net::SocketAddr,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -22,7 +26,8 @@ use crossflow_proto::v1::{
     ledger_service_client::LedgerServiceClient, referral_service_client::ReferralServiceClient,
     tag_service_client::TagServiceClient,
 };
-use tonic::{Status, transport::Channel};
+use tonic::{Code, Status, transport::Channel};
+use tonic_types::StatusExt as _;
 
 use crate::BoxError;
 
@@ -33,6 +38,11 @@ pub const B: usize = 1;
 pub const C: usize = 2;
 /// Longest wait for one answer; past it the request counts as lost.
 const RPC_TIMEOUT: Duration = Duration::from_secs(20);
+/// `ErrorInfo.reason` of a call refused because the database is out of
+/// reach (nothing was written; retry later).
+const STORE_UNAVAILABLE: &str = "STORE_UNAVAILABLE";
+/// Pause of a worker after such a refusal before its next story.
+const REFUSED_PAUSE: Duration = Duration::from_millis(100);
 
 /// One partner's clients over its own mTLS connection.
 #[derive(Debug, Clone)]
@@ -43,12 +53,23 @@ pub struct Party {
     pub ledger: LedgerServiceClient<Channel>,
 }
 
-/// Every partner's clients, indexed like [`PARTNERS`], and an operator's
-/// ledger client (operators see every entry).
+/// One replica's clients: every partner's, indexed like [`PARTNERS`], and
+/// an operator's ledger client (operators see every entry).
 #[derive(Debug, Clone)]
-pub struct Clients {
+pub struct Endpoint {
     pub parties: Vec<Party>,
     pub operator: LedgerServiceClient<Channel>,
+}
+
+/// The clients of every replica (one, for the single gateway). Requests go
+/// to a replica picked at random among those not marked down.
+#[derive(Debug, Clone)]
+pub struct Clients {
+    replicas: Vec<Endpoint>,
+    /// Replicas killed this cycle: their errors are lost answers, and no
+    /// new request goes to them.
+    down: Arc<Vec<AtomicBool>>,
+    pick: Arc<Mutex<SplitMix64>>,
 }
 
 /// A write, exactly as sent (and as resent after a crash).
@@ -90,6 +111,10 @@ pub struct Book {
     pub acked: Vec<Acked>,
     /// Writes whose answer never came (sent, maybe applied, before the kill).
     pub lost: Vec<Op>,
+    /// Writes refused with `UNAVAILABLE` / `STORE_UNAVAILABLE` (the database
+    /// was out of reach): not acknowledged, retried after the cycle like
+    /// the lost ones.
+    pub refused: Vec<Op>,
     /// Errors before the kill: each one is a failure of the run.
     pub unexpected: Vec<String>,
 }
@@ -97,66 +122,122 @@ pub struct Book {
 // === impl Clients ===
 
 impl Clients {
+    /// Connects to every replica in `addrs`; `rng` picks the replica of
+    /// each request.
     pub async fn connect(
         bed: &crossflow_gateway::testbed::Testbed,
-        addr: std::net::SocketAddr,
+        addrs: &[SocketAddr],
         operator: &str,
+        rng: SplitMix64,
     ) -> Result<Clients, BoxError> {
-        let mut parties = Vec::new();
-        for p in PARTNERS {
-            let ch = bed.channel(addr, p).await?;
-            parties.push(Party {
-                referrals: ReferralServiceClient::new(ch.clone()),
-                tags: TagServiceClient::new(ch.clone()),
-                conversions: ConversionServiceClient::new(ch.clone()),
-                ledger: LedgerServiceClient::new(ch),
-            });
+        let mut replicas = Vec::new();
+        for addr in addrs {
+            let mut parties = Vec::new();
+            for p in PARTNERS {
+                let ch = bed.channel(*addr, p).await?;
+                parties.push(Party {
+                    referrals: ReferralServiceClient::new(ch.clone()),
+                    tags: TagServiceClient::new(ch.clone()),
+                    conversions: ConversionServiceClient::new(ch.clone()),
+                    ledger: LedgerServiceClient::new(ch),
+                });
+            }
+            let operator = LedgerServiceClient::new(bed.channel(*addr, operator).await?);
+            replicas.push(Endpoint { parties, operator });
         }
-        let operator = LedgerServiceClient::new(bed.channel(addr, operator).await?);
-        Ok(Clients { parties, operator })
+        if replicas.is_empty() {
+            return Err("no replica to connect to".into());
+        }
+        let down = addrs.iter().map(|_| AtomicBool::new(false)).collect();
+        Ok(Clients {
+            replicas,
+            down: Arc::new(down),
+            pick: Arc::new(Mutex::new(rng)),
+        })
     }
 
-    fn party(&self, i: usize) -> Result<Party, Status> {
-        self.parties
-            .get(i)
-            .cloned()
-            .ok_or_else(|| Status::internal(format!("no partner #{i}")))
+    /// A replica for the next request: one of those up, at random.
+    pub fn pick(&self) -> usize {
+        if self.replicas.len() == 1 {
+            return 0;
+        }
+        let up: Vec<usize> = (0..self.replicas.len())
+            .filter(|r| !self.is_down(*r))
+            .collect();
+        let Ok(mut rng) = self.pick.lock() else {
+            return up.first().copied().unwrap_or(0);
+        };
+        if up.is_empty() {
+            rng.below(self.replicas.len())
+        } else {
+            up[rng.below(up.len())]
+        }
     }
 
-    /// Sends `op` and waits (at most [`RPC_TIMEOUT`]) for its answer.
+    /// Marks replica `r` killed (just before the SIGKILL).
+    pub fn set_down(&self, r: usize) {
+        if let Some(d) = self.down.get(r) {
+            d.store(true, Ordering::SeqCst);
+        }
+    }
+
+    pub fn is_down(&self, r: usize) -> bool {
+        self.down.get(r).is_some_and(|d| d.load(Ordering::SeqCst))
+    }
+
+    /// Replica `r`'s clients (replica 0 if there is no such replica).
+    pub fn at(&self, r: usize) -> &Endpoint {
+        self.replicas.get(r).unwrap_or(&self.replicas[0])
+    }
+
+    /// The clients of a replica picked as [`Clients::pick`] does.
+    pub fn any(&self) -> &Endpoint {
+        self.at(self.pick())
+    }
+
+    /// Sends `op` to a replica picked as [`Clients::pick`] does.
     pub async fn send(&self, op: &Op) -> Result<Answer, Status> {
+        self.send_at(self.pick(), op).await
+    }
+
+    /// Sends `op` to replica `r` and waits (at most [`RPC_TIMEOUT`]) for
+    /// its answer.
+    pub async fn send_at(&self, r: usize, op: &Op) -> Result<Answer, Status> {
+        let party = |p: usize| {
+            self.at(r)
+                .parties
+                .get(p)
+                .cloned()
+                .ok_or_else(|| Status::internal(format!("no partner #{p}")))
+        };
         let call = async {
             Ok(match op {
                 Op::Create(p, r) => Answer::Create(
-                    self.party(*p)?
+                    party(*p)?
                         .referrals
                         .create_referral(r.clone())
                         .await?
                         .into_inner(),
                 ),
                 Op::Redeem(p, r) => Answer::Redeem(
-                    self.party(*p)?
+                    party(*p)?
                         .referrals
                         .redeem_referral(r.clone())
                         .await?
                         .into_inner(),
                 ),
-                Op::Publish(p, r, _) => Answer::Publish(
-                    self.party(*p)?
-                        .tags
-                        .publish_tags(r.clone())
-                        .await?
-                        .into_inner(),
-                ),
+                Op::Publish(p, r, _) => {
+                    Answer::Publish(party(*p)?.tags.publish_tags(r.clone()).await?.into_inner())
+                }
                 Op::Report(p, r) => Answer::Report(
-                    self.party(*p)?
+                    party(*p)?
                         .conversions
                         .report_conversion(r.clone())
                         .await?
                         .into_inner(),
                 ),
                 Op::Update(p, r) => Answer::Update(
-                    self.party(*p)?
+                    party(*p)?
                         .conversions
                         .update_conversion(r.clone())
                         .await?
@@ -185,14 +266,27 @@ impl Op {
     }
 }
 
+/// Whether `s` is the precise refusal of a call made while the database
+/// was out of reach: `UNAVAILABLE`, reason `STORE_UNAVAILABLE`, with a
+/// retry hint.
+pub fn store_unavailable(s: &Status) -> bool {
+    s.code() == Code::Unavailable
+        && s.get_details_error_info()
+            .is_some_and(|i| i.reason == STORE_UNAVAILABLE)
+        && s.get_details_retry_info().is_some()
+}
+
 /// Shared between the workers of one cycle.
 #[derive(Debug, Clone)]
 pub struct Run {
     pub clients: Clients,
-    /// Set just before the SIGKILL: errors after it are lost answers.
-    pub killed: Arc<AtomicBool>,
+    /// Set when the load ends (with one gateway: just before the SIGKILL).
+    pub stop: Arc<AtomicBool>,
     pub book: Arc<Mutex<Book>>,
     pub cycle: u32,
+    /// Whether a `STORE_UNAVAILABLE` refusal is booked to be retried (the
+    /// replicas on PostgreSQL) rather than as an unexpected error.
+    pub refusals: bool,
 }
 
 // === impl Run ===
@@ -201,8 +295,18 @@ impl Run {
     /// Sends `op` and books the outcome; `None` ends the story (answer lost,
     /// or an unexpected error).
     async fn step(&self, op: Op) -> Option<Answer> {
-        let res = self.clients.send(&op).await;
-        let killed = self.killed.load(Ordering::SeqCst);
+        let r = self.clients.pick();
+        let res = self.clients.send_at(r, &op).await;
+        let refused = matches!(&res, Err(s) if self.refusals && store_unavailable(s));
+        let answer = self.book(op, res, self.clients.is_down(r));
+        if refused {
+            tokio::time::sleep(REFUSED_PAUSE).await;
+        }
+        answer
+    }
+
+    /// Books the outcome of `op`; `lost`: its replica was killed.
+    fn book(&self, op: Op, res: Result<Answer, Status>, lost: bool) -> Option<Answer> {
         let Ok(mut book) = self.book.lock() else {
             return None;
         };
@@ -216,8 +320,12 @@ impl Run {
                 });
                 Some(answer)
             }
-            Err(_) if killed => {
+            Err(_) if lost => {
                 book.lost.push(op);
+                None
+            }
+            Err(s) if self.refusals && store_unavailable(&s) => {
+                book.refused.push(op);
                 None
             }
             Err(s) => {
@@ -233,10 +341,10 @@ impl Run {
         }
     }
 
-    /// Stories back to back until the kill.
+    /// Stories back to back until the load ends.
     pub async fn worker(self, worker: usize, mut rng: SplitMix64) {
         let mut n = 0u64;
-        while !self.killed.load(Ordering::SeqCst) {
+        while !self.stop.load(Ordering::SeqCst) {
             let key = format!("c{}w{worker}n{n}", self.cycle);
             n += 1;
             if rng.chance(0.7) {
@@ -411,27 +519,37 @@ pub struct Seen {
     pub note: String,
 }
 
-/// Polls GetCheckpoint until the kill, keeping every distinct one.
-pub async fn watch_checkpoints(
-    mut ledger: LedgerServiceClient<Channel>,
-    killed: Arc<AtomicBool>,
-) -> Vec<Seen> {
+/// Polls GetCheckpoint until the load ends (each replica up in turn),
+/// keeping every distinct one.
+pub async fn watch_checkpoints(clients: Clients, stop: Arc<AtomicBool>) -> Vec<Seen> {
     let mut seen: Vec<Seen> = Vec::new();
-    while !killed.load(Ordering::SeqCst) {
-        if let Ok(Ok(r)) = tokio::time::timeout(
-            Duration::from_secs(2),
-            ledger.get_checkpoint(GetCheckpointRequest {}),
-        )
-        .await
-            && let Some(c) = r.into_inner().checkpoint
-            && c.size > 0
-            && seen.last().is_none_or(|l| l.size != c.size)
-        {
-            seen.push(Seen {
-                size: c.size,
-                root: c.root_hash,
-                note: c.note,
-            });
+    while !stop.load(Ordering::SeqCst) {
+        for r in 0..clients.replicas.len() {
+            if clients.is_down(r) {
+                continue;
+            }
+            let mut ledger = clients.at(r).operator.clone();
+            if let Ok(Ok(resp)) = tokio::time::timeout(
+                Duration::from_secs(2),
+                ledger.get_checkpoint(GetCheckpointRequest {}),
+            )
+            .await
+                && let Some(c) = resp.into_inner().checkpoint
+                && c.size > 0
+            {
+                let s = Seen {
+                    size: c.size,
+                    root: c.root_hash,
+                    note: c.note,
+                };
+                // Replicas read the latest checkpoint back at their own
+                // pace: one polled after another may show an older one
+                // again. Two of one size that differ are both kept (and
+                // cannot both be proven consistent with the final log).
+                if !seen.contains(&s) {
+                    seen.push(s);
+                }
+            }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -8,16 +8,25 @@
 //! restarted on the same data directory; every request whose answer was lost
 //! is resent; and the checks in `check.rs` run. Any failed check stops the
 //! run with exit status 1 and keeps the directory for inspection.
+//!
+//! With `--replicas N` (N ≥ 2) it runs N replicas on one fresh PostgreSQL
+//! database instead; requests spread over them, each cycle SIGKILLs one at
+//! random while the load goes on at the others (or, in one cycle, restarts
+//! PostgreSQL itself), checks that the survivors checkpoint every
+//! acknowledged entry (a new leader takes over when the leader was the one
+//! killed), restarts the killed one and runs the same checks against the
+//! shared database.
 #![forbid(unsafe_code)]
 
 mod check;
+mod fleet;
 mod load;
+mod storage;
 
 use std::{
-    fs::OpenOptions,
     net::{SocketAddr, TcpListener},
-    path::{Path, PathBuf},
-    process::{Child, Command, ExitCode, Stdio},
+    path::PathBuf,
+    process::ExitCode,
     sync::{Arc, Mutex, atomic::AtomicBool},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -26,9 +35,13 @@ use clap::Parser;
 use crossflow_api::rng::SplitMix64;
 use crossflow_gateway::{demo::DEMO_BODY, testbed::Testbed};
 use crossflow_ledger::Verifier;
-use crossflow_proto::v1::GetLogKeyRequest;
+use crossflow_proto::v1::{GetCheckpointRequest, GetLogKeyRequest};
 
-use crate::load::{Book, Clients, PARTNERS, Run, Seen};
+use crate::{
+    fleet::Fleet,
+    load::{Book, Clients, PARTNERS, Run, Seen},
+    storage::Storage,
+};
 
 /// Any error, propagated to `main`.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -38,6 +51,13 @@ const FEDERATION: &str = "crossflow.example";
 const OPERATOR: &str = "crash";
 /// Checkpoints every 200 ms, so a cycle sees several before the kill.
 const LEDGER: &str = "\n[ledger]\ncheckpoint_interval_ms = 200\n";
+
+/// Environment defaults of `--postgres-url` and `--postgres-restart-cmd`.
+const POSTGRES_URL_ENV: &str = crossflow_store::testing::POSTGRES_URL_ENV;
+const POSTGRES_RESTART_ENV: &str = "CROSSFLOW_TEST_POSTGRES_RESTART";
+/// How long after a kill the survivors must have checkpointed every
+/// acknowledged entry (the bound of the checkpoint check after a restart).
+const COVER_WITHIN: Duration = Duration::from_secs(30);
 
 /// Kill the real `crossflow serve` at random moments under load and check
 /// what survives.
@@ -69,6 +89,29 @@ struct Cli {
     /// Federation directory (default: a temporary one, removed on success).
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
+    /// Gateway replicas. 1: the single gateway on SQLite. 2 or more:
+    /// replicas on one PostgreSQL database (see `--postgres-url`), one of
+    /// them SIGKILLed at random each cycle while the others carry the load.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    replicas: usize,
+    /// Admin URL of the PostgreSQL server the replicas' fresh database
+    /// `crossflow_crash_<seed>` is made on (default: $CROSSFLOW_TEST_POSTGRES_URL).
+    #[arg(long, value_name = "URL")]
+    postgres_url: Option<String>,
+    /// The cycle in which PostgreSQL itself is restarted (with
+    /// `--postgres-restart-cmd`) instead of a replica being killed.
+    #[arg(long, value_name = "K")]
+    restart_postgres_cycle: Option<u32>,
+    /// Shell command that restarts the PostgreSQL server, run with `sh -c`
+    /// (default: $CROSSFLOW_TEST_POSTGRES_RESTART). Without one the
+    /// PostgreSQL cycle kills a replica like the others.
+    #[arg(long, value_name = "CMD")]
+    postgres_restart_cmd: Option<String>,
+    /// With replicas: how long the load goes on at the survivors after the
+    /// kill (or after PostgreSQL is back), before it ends and the killed
+    /// replica is restarted.
+    #[arg(long, default_value_t = 1500, value_name = "MS")]
+    load_after_kill_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -78,14 +121,12 @@ enum Tamper {
 }
 
 /// Deletes the row of the newest acknowledged write of a kind while the
-/// gateway is down (`--tamper`).
-fn tamper(db: &Path, book: &Mutex<Book>, what: Tamper) -> Result<(), BoxError> {
+/// gateway is down (`--tamper`); the same SQL on SQLite and PostgreSQL.
+async fn tamper(storage: &Storage, book: &Mutex<Book>, what: Tamper) -> Result<(), BoxError> {
     use crate::load::Answer;
-    let book = book_lock(book)?;
-    let c = rusqlite::Connection::open(db)?;
     let n = match what {
         Tamper::Landing => {
-            let id = book
+            let id = book_lock(book)?
                 .acked
                 .iter()
                 .rev()
@@ -94,13 +135,18 @@ fn tamper(db: &Path, book: &Mutex<Book>, what: Tamper) -> Result<(), BoxError> {
                     _ => None,
                 })
                 .ok_or("no acknowledged redemption to delete")?;
-            c.execute(
-                "DELETE FROM landings WHERE referral_id = ?1",
-                [hex::decode(&id)?],
-            )?
+            let id = hex::decode(&id)?;
+            storage
+                .write(move |c| {
+                    c.execute(
+                        "DELETE FROM landings WHERE referral_id = ?1",
+                        crossflow_store::values![&id],
+                    )
+                })
+                .await?
         }
         Tamper::Ledger => {
-            let idx = book
+            let idx = book_lock(book)?
                 .acked
                 .iter()
                 .rev()
@@ -109,70 +155,19 @@ fn tamper(db: &Path, book: &Mutex<Book>, what: Tamper) -> Result<(), BoxError> {
                     _ => None,
                 })
                 .ok_or("no acknowledged report to delete")?;
-            c.execute(
-                "DELETE FROM ledger_entries WHERE idx = ?1",
-                [i64::try_from(idx)?],
-            )?
+            let idx = i64::try_from(idx)?;
+            storage
+                .write(move |c| {
+                    c.execute(
+                        "DELETE FROM ledger_entries WHERE idx = ?1",
+                        crossflow_store::values![idx],
+                    )
+                })
+                .await?
         }
     };
     println!("  --tamper {what:?}: deleted {n} acknowledged row(s) before the restart");
     Ok(())
-}
-
-/// A running `crossflow serve`.
-struct Gateway {
-    child: Child,
-}
-
-// === impl Gateway ===
-
-impl Gateway {
-    /// Starts `bin serve` and waits until it answers over mTLS.
-    async fn start(bin: &Path, bed: &Testbed, addr: SocketAddr) -> Result<Gateway, BoxError> {
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(bed.dir.join("serve.log"))?;
-        let child = Command::new(bin)
-            .arg("serve")
-            .arg("--config")
-            .arg(bed.config_path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("starting {}: {e}", bin.display()))?;
-        let mut gw = Gateway { child };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = gw.child.try_wait()? {
-                return Err(format!(
-                    "crossflow serve exited with {status} (see {})",
-                    bed.dir.join("serve.log").display()
-                )
-                .into());
-            }
-            if let Ok(ch) = bed.channel(addr, PARTNERS[0]).await {
-                let mut l =
-                    crossflow_proto::v1::ledger_service_client::LedgerServiceClient::new(ch);
-                if l.get_log_key(GetLogKeyRequest {}).await.is_ok() {
-                    return Ok(gw);
-                }
-            }
-            if Instant::now() > deadline {
-                gw.kill()?;
-                return Err("crossflow serve did not answer within 60 s".into());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// SIGKILL (what `Child::kill` sends on Unix) and reap.
-    fn kill(&mut self) -> Result<(), BoxError> {
-        self.child.kill()?;
-        self.child.wait()?;
-        Ok(())
-    }
 }
 
 #[derive(Debug, Default)]
@@ -185,6 +180,46 @@ struct Totals {
     checks: u64,
     proven: u64,
     recovery: Vec<Duration>,
+    /// With replicas: writes refused with STORE_UNAVAILABLE, and retried.
+    refused: u64,
+    refused_retried: u64,
+    refused_replayed: u64,
+    kills: u64,
+    /// Time from a kill of the leader to a survivor's "leads" line.
+    failovers: Vec<Duration>,
+    /// Time from a kill (or a PostgreSQL restart) to a checkpoint covering
+    /// every acknowledged entry at the survivors.
+    covered: Vec<Duration>,
+    postgres_restarts: u64,
+    /// Cycles whose figures are counted (the last one may have failed).
+    cycles: u32,
+}
+
+/// What the database of a replica run is.
+#[derive(Debug)]
+struct Pg {
+    admin: String,
+    name: String,
+    url: String,
+    restart_cmd: Option<String>,
+    restart_cycle: Option<u32>,
+}
+
+/// What happened at a cycle's random moment, with replicas.
+#[derive(Debug, Default)]
+struct Event {
+    /// The replica killed, or `None` when PostgreSQL was restarted.
+    killed: Option<usize>,
+    /// Whether the killed replica led the ledger at the kill.
+    killed_leader: bool,
+    /// The replicas that led before the event (by their logs).
+    leaders_before: Vec<usize>,
+    /// How long the PostgreSQL restart command took.
+    command: Option<Duration>,
+    /// The replica that won the lead after the event, and when.
+    led: Option<(usize, Duration)>,
+    /// When a checkpoint at the survivors covered every acknowledged entry.
+    covered: Option<Duration>,
 }
 
 fn main() -> ExitCode {
@@ -214,9 +249,45 @@ fn free_port() -> Result<u16, BoxError> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// The database settings of a run with `--replicas` ≥ 2 (`None` for the
+/// single gateway), with a fresh database made for it.
+fn postgres(cli: &Cli, seed: u64) -> Result<Option<Pg>, BoxError> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    if cli.replicas < 2 {
+        if cli.postgres_url.is_some() || cli.restart_postgres_cycle.is_some() {
+            return Err(
+                "--postgres-url and --restart-postgres-cycle need --replicas 2 or more".into(),
+            );
+        }
+        return Ok(None);
+    }
+    let admin = cli
+        .postgres_url
+        .clone()
+        .or_else(|| env(POSTGRES_URL_ENV))
+        .ok_or_else(|| {
+            format!(
+                "--replicas {} needs a PostgreSQL server: pass --postgres-url or set {POSTGRES_URL_ENV}",
+                cli.replicas
+            )
+        })?;
+    let name = fleet::database_name(seed);
+    let url = fleet::fresh_database(&admin, &name)?;
+    Ok(Some(Pg {
+        admin,
+        name,
+        url,
+        restart_cmd: cli
+            .postgres_restart_cmd
+            .clone()
+            .or_else(|| env(POSTGRES_RESTART_ENV)),
+        restart_cycle: cli.restart_postgres_cycle,
+    }))
+}
+
 async fn run(cli: Cli) -> Result<bool, BoxError> {
-    let bin = match cli.bin {
-        Some(b) => b,
+    let bin = match &cli.bin {
+        Some(b) => b.clone(),
         None => std::env::current_exe()?
             .parent()
             .ok_or("this program has no directory")?
@@ -230,8 +301,9 @@ async fn run(cli: Cli) -> Result<bool, BoxError> {
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64)
     });
-    let (dir, tmp) = match cli.dir {
-        Some(d) => (d, None),
+    let pg = postgres(&cli, seed)?;
+    let (dir, tmp) = match &cli.dir {
+        Some(d) => (d.clone(), None),
         None => {
             let t = tempfile::Builder::new()
                 .prefix("crossflow-crash-")
@@ -239,9 +311,16 @@ async fn run(cli: Cli) -> Result<bool, BoxError> {
             (t.path().to_path_buf(), Some(t))
         }
     };
-    let port = free_port()?;
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-    let body = format!("{DEMO_BODY}{LEDGER}");
+    let addrs: Vec<SocketAddr> = if pg.is_some() {
+        fleet::free_addrs(cli.replicas)?
+    } else {
+        vec![format!("127.0.0.1:{}", free_port()?).parse()?]
+    };
+    let addr = addrs[0];
+    let body = match &pg {
+        None => format!("{DEMO_BODY}{LEDGER}"),
+        Some(pg) => format!("{}{DEMO_BODY}{LEDGER}", fleet::store_toml(&pg.url)),
+    };
     let bed = Testbed::create(
         Some(&dir),
         FEDERATION,
@@ -251,22 +330,56 @@ async fn run(cli: Cli) -> Result<bool, BoxError> {
         &body,
     )?;
     let config = bed.config_path();
-    let db = dir.join("data").join("crossflow.db");
     let operator = format!("operator-{OPERATOR}");
     println!(
         "crossflow-crash: seed {seed}, {} cycles, {} workers, kill {}..{} ms into each cycle",
         cli.cycles, cli.workers, cli.kill_min_ms, cli.kill_max_ms
     );
-    println!(
-        "  gateway {} on {addr}, federation in {}",
-        bin.display(),
-        dir.display()
-    );
+    match &pg {
+        None => println!(
+            "  gateway {} on {addr}, federation in {}",
+            bin.display(),
+            dir.display()
+        ),
+        Some(pg) => {
+            let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+            println!(
+                "  {} replicas of {} on {}, federation in {}",
+                addrs.len(),
+                bin.display(),
+                list.join(", "),
+                dir.display()
+            );
+            println!(
+                "  PostgreSQL database {}; the load goes on {} ms after each kill",
+                pg.name, cli.load_after_kill_ms
+            );
+            match (pg.restart_cycle, &pg.restart_cmd) {
+                (Some(k), Some(cmd)) => {
+                    println!(
+                        "  cycle {k} restarts PostgreSQL (`{cmd}`) instead of killing a replica"
+                    );
+                }
+                (Some(k), None) => println!(
+                    "  note: no --postgres-restart-cmd (nor {POSTGRES_RESTART_ENV}): PostgreSQL is not restarted, cycle {k} kills a replica like the others"
+                ),
+                (None, _) => {}
+            }
+        }
+    }
 
     let rng = SplitMix64::new(seed);
-    let mut gw = Gateway::start(&bin, &bed, addr).await?;
-    let clients = Clients::connect(&bed, addr, &operator).await?;
+    let mut fleet = Fleet::lay_out(&bin, &bed, &addrs)?;
+    for i in 0..fleet.count() {
+        fleet.start(i, &bed).await?;
+    }
+    let storage = match &pg {
+        None => Storage::sqlite(&dir),
+        Some(pg) => Storage::postgres(&pg.url)?,
+    };
+    let clients = Clients::connect(&bed, &addrs, &operator, rng.fork(0, u64::MAX - 1)).await?;
     let key = clients
+        .at(0)
         .operator
         .clone()
         .get_log_key(GetLogKeyRequest {})
@@ -278,16 +391,25 @@ async fn run(cli: Cli) -> Result<bool, BoxError> {
     let mut totals = Totals::default();
     let started = Instant::now();
     let mut ok = true;
+    let shared = pg.is_some();
+    let n = fleet.count();
 
     for cycle in 1..=cli.cycles {
         let t0 = Instant::now();
-        let clients = Clients::connect(&bed, addr, &operator).await?;
-        let killed = Arc::new(AtomicBool::new(false));
+        let clients = Clients::connect(
+            &bed,
+            &addrs,
+            &operator,
+            rng.fork(u64::from(cycle), u64::MAX - 1),
+        )
+        .await?;
+        let stop = Arc::new(AtomicBool::new(false));
         let run = Run {
             clients: clients.clone(),
-            killed: killed.clone(),
+            stop: stop.clone(),
             book: book.clone(),
             cycle,
+            refusals: shared,
         };
         let mut workers = Vec::new();
         for w in 0..cli.workers.max(1) {
@@ -295,43 +417,147 @@ async fn run(cli: Cli) -> Result<bool, BoxError> {
                 run.clone().worker(w, rng.fork(u64::from(cycle), w as u64)),
             ));
         }
-        let watcher = tokio::spawn(load::watch_checkpoints(
-            clients.operator.clone(),
-            killed.clone(),
-        ));
+        let watcher = tokio::spawn(load::watch_checkpoints(clients.clone(), stop.clone()));
         let mut crng = rng.fork(u64::from(cycle), u64::MAX);
         let delay = crng.between(cli.kill_min_ms, cli.kill_max_ms.max(cli.kill_min_ms));
+        // Drawn only with replicas, so the single gateway's choices stay
+        // what they were.
+        let restart_postgres = pg
+            .as_ref()
+            .is_some_and(|pg| pg.restart_cycle == Some(cycle) && pg.restart_cmd.is_some());
+        let victim = if shared && !restart_postgres {
+            Some(crng.below(n))
+        } else {
+            None
+        };
         tokio::time::sleep(Duration::from_millis(delay)).await;
-        killed.store(true, std::sync::atomic::Ordering::SeqCst);
-        gw.kill()?;
+        let mut event = Event::default();
+        let mut rep = check::Report::default();
+        let after = Duration::from_millis(cli.load_after_kill_ms);
+        let t_event = Instant::now();
+        let wins = fleet.wins();
+        if !shared {
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            clients.set_down(0);
+            fleet.kill(0)?;
+        } else if let Some(k) = victim {
+            event.leaders_before = fleet.leaders();
+            event.killed = Some(k);
+            event.killed_leader = event.leaders_before.contains(&k);
+            clients.set_down(k);
+            fleet.kill(k)?;
+            watch_lead(&fleet, &wins, t_event, t_event + after, &mut event.led).await;
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        } else if let Some(cmd) = pg.as_ref().and_then(|pg| pg.restart_cmd.clone()) {
+            event.leaders_before = fleet.leaders();
+            let restart = tokio::spawn(fleet::run_command(cmd, dir.join("postgres-restart.log")));
+            while !restart.is_finished() {
+                watch_lead(
+                    &fleet,
+                    &wins,
+                    t_event,
+                    Instant::now() + Duration::from_millis(50),
+                    &mut event.led,
+                )
+                .await;
+            }
+            event.command = Some(restart.await??);
+            watch_lead(
+                &fleet,
+                &wins,
+                t_event,
+                Instant::now() + after,
+                &mut event.led,
+            )
+            .await;
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         for w in workers {
             w.await?;
         }
         let seen = watcher.await?;
+        if shared {
+            // The survivors (all replicas, after a PostgreSQL restart) must
+            // sign a checkpoint covering every acknowledged entry; a kill of
+            // the leader or a restart of the database must bring a new lead.
+            let expect_lead = event.killed_leader || event.killed.is_none();
+            let (covered, need, got) = await_coverage(
+                &run.clients,
+                &storage,
+                &book,
+                &fleet,
+                &wins,
+                t_event,
+                expect_lead,
+                &mut event.led,
+            )
+            .await?;
+            event.covered = covered;
+            let what = match event.killed {
+                Some(k) if event.killed_leader => format!("the kill of replica {k} (the leader)"),
+                Some(k) => format!("the kill of replica {k}"),
+                None => "the PostgreSQL restart".to_owned(),
+            };
+            rep.checks += 1;
+            if covered.is_none() {
+                rep.failures.push(format!(
+                    "{} s after {what} the newest checkpoint at the replicas up covers {got} entries, but {need} are stored or acknowledged",
+                    COVER_WITHIN.as_secs()
+                ));
+            }
+            if expect_lead {
+                rep.checks += 1;
+                if event.led.is_none() {
+                    rep.failures.push(format!(
+                        "no replica took the ledger's lead within {} s of {what} (logs: {})",
+                        COVER_WITHIN.as_secs(),
+                        log_names(&fleet)
+                    ));
+                }
+            }
+        }
         drop(clients);
         if cycle == 1
             && let Some(t) = cli.tamper
         {
-            tamper(&db, &book, t)?;
+            tamper(&storage, &book, t).await?;
         }
 
-        let t_restart = Instant::now();
-        gw = Gateway::start(&bin, &bed, addr).await?;
-        let recovery = t_restart.elapsed();
-        let clients = Clients::connect(&bed, addr, &operator).await?;
+        let recovery = match (shared, event.killed) {
+            (false, _) => {
+                let t_restart = Instant::now();
+                fleet.start(0, &bed).await?;
+                Some(t_restart.elapsed())
+            }
+            (true, Some(k)) => {
+                let t_restart = Instant::now();
+                fleet.start(k, &bed).await?;
+                Some(t_restart.elapsed())
+            }
+            (true, None) => None,
+        };
+        let clients = Clients::connect(
+            &bed,
+            &addrs,
+            &operator,
+            rng.fork(u64::from(cycle), u64::MAX - 2),
+        )
+        .await?;
+        let home = if shared { crng.below(n) } else { 0 };
 
         let mut book = std::mem::take(&mut *book.lock().map_err(|_| "book poisoned")?);
         let acked = book.acked.iter().filter(|a| a.cycle == cycle).count() as u64;
         let lost = book.lost.len() as u64;
+        let refused = book.refused.len() as u64;
         let ctx = check::Ctx {
             clients: &clients,
+            home,
             config: &config,
-            db: &db,
+            storage: &storage,
             bin: &bin,
             verifier: &verifier,
             origin: &key.origin,
         };
-        let mut rep = check::Report::default();
         for u in std::mem::take(&mut book.unexpected) {
             rep.checks += 1;
             rep.failures.push(format!("error before the kill: {u}"));
@@ -343,27 +569,60 @@ async fn run(cli: Cli) -> Result<bool, BoxError> {
         let latest = check::checkpoints(&ctx, &book, &proven_against, &mut rep).await?;
         check::ledger(&ctx, &book, &mut rep).await?;
         check::read_back(&ctx, &book, cycle, &mut crng, &mut rep).await?;
-        check::sqlite(&ctx, &book, &mut rep)?;
+        check::stored(&ctx, &book, &mut rep).await?;
         check::fsck(&ctx, &mut rep)?;
+        if shared {
+            let leaders = fleet.leaders();
+            rep.checks += 1;
+            if leaders.len() != 1 {
+                rep.failures.push(format!(
+                    "after the checks {} replicas say they lead the ledger ({leaders:?}; logs: {})",
+                    leaders.len(),
+                    log_names(&fleet)
+                ));
+            }
+        }
         // Later cycles prove against the newest checkpoint before each
         // crash and the first one after each restart.
-        history.extend(seen.last().cloned());
+        history.extend(seen.iter().max_by_key(|s| s.size).cloned());
         history.extend(latest);
         *book_lock(&run.book)? = book;
 
         let kinds = kinds(&run.book, cycle)?;
-        println!(
-            "cycle {cycle:>3}: killed at {delay:>4} ms; acked {acked:>4} ({kinds}); in flight lost {lost:>2}, retried {} ({} already durable); resent {}; checkpoints proven {}; ledger {} entries; {} checks, {} failed; restart {:.0} ms; cycle {:.1} s",
-            rep.retried,
-            rep.replayed,
-            rep.resent,
-            rep.checkpoints_proven,
-            rep.ledger_size,
-            rep.checks,
-            rep.failures.len(),
-            recovery.as_secs_f64() * 1000.0,
-            t0.elapsed().as_secs_f64()
-        );
+        if shared {
+            println!(
+                "cycle {cycle:>3}: {}; acked {acked:>4} ({kinds}); in flight lost {lost:>2}, retried {} ({} already durable); refused {refused} (STORE_UNAVAILABLE), retried {} ({} written after all); resent {}; checkpoints proven {}; ledger {} entries; {} checks, {} failed; restart {}; cycle {:.1} s",
+                describe(&event, delay),
+                rep.retried,
+                rep.replayed,
+                rep.refused_retried,
+                rep.refused_replayed,
+                rep.resent,
+                rep.checkpoints_proven,
+                rep.ledger_size,
+                rep.checks,
+                rep.failures.len(),
+                recovery.map_or("-".to_owned(), |d| format!(
+                    "{:.0} ms",
+                    d.as_secs_f64() * 1000.0
+                )),
+                t0.elapsed().as_secs_f64()
+            );
+        } else {
+            println!(
+                "cycle {cycle:>3}: killed at {delay:>4} ms; acked {acked:>4} ({kinds}); in flight lost {lost:>2}, retried {} ({} already durable); resent {}; checkpoints proven {}; ledger {} entries; {} checks, {} failed; restart {:.0} ms; cycle {:.1} s",
+                rep.retried,
+                rep.replayed,
+                rep.resent,
+                rep.checkpoints_proven,
+                rep.ledger_size,
+                rep.checks,
+                rep.failures.len(),
+                recovery.unwrap_or_default().as_secs_f64() * 1000.0,
+                t0.elapsed().as_secs_f64()
+            );
+        }
+        totals.cycles += 1;
         totals.acked += acked;
         totals.lost += lost;
         totals.retried += rep.retried;
@@ -371,7 +630,22 @@ async fn run(cli: Cli) -> Result<bool, BoxError> {
         totals.resent += rep.resent;
         totals.checks += rep.checks;
         totals.proven += rep.checkpoints_proven;
-        totals.recovery.push(recovery);
+        totals.recovery.extend(recovery);
+        totals.refused += refused;
+        totals.refused_retried += rep.refused_retried;
+        totals.refused_replayed += rep.refused_replayed;
+        if shared {
+            match event.killed {
+                Some(_) => totals.kills += 1,
+                None => totals.postgres_restarts += 1,
+            }
+            if event.killed_leader
+                && let Some((_, d)) = event.led
+            {
+                totals.failovers.push(d);
+            }
+            totals.covered.extend(event.covered);
+        }
         if !rep.failures.is_empty() {
             for f in &rep.failures {
                 println!("  FAILED: {f}");
@@ -380,20 +654,19 @@ async fn run(cli: Cli) -> Result<bool, BoxError> {
             break;
         }
     }
-    gw.kill()?;
+    fleet.kill_all()?;
 
     let book = book_lock(&book)?;
     let mut rec = totals.recovery.clone();
     rec.sort();
-    let ms = |d: Option<&Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1000.0);
     println!();
     println!(
         "total: {} cycles in {:.1} s; {} writes acknowledged ({} on first try, {} only on a retry after the crash); {} in flight lost and all retried: {} ({} reports/updates among them were already durable); {} acknowledged writes resent; {} pre-crash checkpoints proven consistent; {} checks, {}",
-        totals.recovery.len(),
+        totals.cycles,
         started.elapsed().as_secs_f64(),
         book.acked.len(),
         totals.acked,
-        totals.retried,
+        totals.retried + totals.refused_retried,
         totals.lost,
         if totals.lost == totals.retried {
             "yes"
@@ -408,14 +681,187 @@ async fn run(cli: Cli) -> Result<bool, BoxError> {
     );
     println!(
         "restart to first answer: median {:.0} ms, max {:.0} ms",
-        ms(rec.get(rec.len() / 2)),
+        ms(median(&rec)),
         ms(rec.last())
     );
+    if shared {
+        let mut failovers = totals.failovers.clone();
+        failovers.sort();
+        let mut covered = totals.covered.clone();
+        covered.sort();
+        println!(
+            "replicas: {n} on PostgreSQL; {} SIGKILLs of a replica ({} of the leader: a survivor led after median {:.2} s, max {:.2} s), {} PostgreSQL restart(s); every acknowledged entry checkpointed by the replicas up after median {:.2} s, max {:.2} s from the event; {} writes refused with STORE_UNAVAILABLE and all retried: {} ({} were written after all)",
+            totals.kills,
+            failovers.len(),
+            secs(median(&failovers)),
+            secs(failovers.last()),
+            totals.postgres_restarts,
+            secs(median(&covered)),
+            secs(covered.last()),
+            totals.refused,
+            if totals.refused == totals.refused_retried {
+                "yes"
+            } else {
+                "no"
+            },
+            totals.refused_replayed,
+        );
+    }
+    drop(book);
+    if let Some(pg) = &pg {
+        storage.close();
+        drop(storage);
+        if ok {
+            fleet::drop_database(&pg.admin, &pg.name)?;
+        } else {
+            println!("kept database {} for inspection", pg.name);
+        }
+    }
     if !ok && let Some(t) = tmp {
         let kept = t.keep();
         println!("kept {} for inspection", kept.display());
     }
     Ok(ok)
+}
+
+fn ms(d: Option<&Duration>) -> f64 {
+    d.map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
+fn secs(d: Option<&Duration>) -> f64 {
+    d.map_or(0.0, Duration::as_secs_f64)
+}
+
+/// The median of sorted `v` (the upper one of an even count).
+fn median(v: &[Duration]) -> Option<&Duration> {
+    v.get(v.len() / 2)
+}
+
+/// What a replica cycle's event was, for its line.
+fn describe(e: &Event, delay: u64) -> String {
+    let led = match e.led {
+        Some((i, d)) => format!(", replica {i} led after {:.2} s", d.as_secs_f64()),
+        None => String::new(),
+    };
+    let covered = match e.covered {
+        Some(d) => format!(
+            ", every acknowledged entry checkpointed after {:.2} s",
+            d.as_secs_f64()
+        ),
+        None => ", acknowledged entries NOT checkpointed".to_owned(),
+    };
+    match e.killed {
+        Some(k) => format!(
+            "killed replica {k} ({}) at {delay:>4} ms{led}{covered}",
+            if e.killed_leader {
+                "the leader"
+            } else if e.leaders_before.is_empty() {
+                "no replica led"
+            } else {
+                "a follower"
+            }
+        ),
+        None => format!(
+            "restarted PostgreSQL at {delay:>4} ms (command {:.2} s; leader before: {}){led}{covered}",
+            e.command.map_or(0.0, |d| d.as_secs_f64()),
+            if e.leaders_before.is_empty() {
+                "none".to_owned()
+            } else {
+                format!("{:?}", e.leaders_before)
+            }
+        ),
+    }
+}
+
+/// Where the replicas' logs are, for failures about the lead.
+fn log_names(fleet: &Fleet) -> String {
+    let names: Vec<String> = fleet
+        .replicas
+        .iter()
+        .map(|r| r.log.display().to_string())
+        .collect();
+    names.join(", ")
+}
+
+/// Reads the replicas' logs until `until` (every 50 ms) for a replica that
+/// has won the lead since `wins` was taken; notes the first, and when
+/// (since `t0`).
+async fn watch_lead(
+    fleet: &Fleet,
+    wins: &[usize],
+    t0: Instant,
+    until: Instant,
+    led: &mut Option<(usize, Duration)>,
+) {
+    loop {
+        if led.is_none()
+            && let Some(i) = fleet
+                .wins()
+                .iter()
+                .zip(wins)
+                .position(|(now, before)| now > before)
+        {
+            *led = Some((i, t0.elapsed()));
+        }
+        let now = Instant::now();
+        if now >= until {
+            return;
+        }
+        tokio::time::sleep((until - now).min(Duration::from_millis(50))).await;
+    }
+}
+
+/// Waits (until [`COVER_WITHIN`] after `t0`) for a checkpoint at the
+/// replicas up that covers every acknowledged and every stored entry, and,
+/// if `expect_lead`, for a new lead. When it came, and (needed, newest size).
+#[allow(clippy::too_many_arguments)]
+async fn await_coverage(
+    clients: &Clients,
+    storage: &Storage,
+    book: &Mutex<Book>,
+    fleet: &Fleet,
+    wins: &[usize],
+    t0: Instant,
+    expect_lead: bool,
+    led: &mut Option<(usize, Duration)>,
+) -> Result<(Option<Duration>, u64, u64), BoxError> {
+    let acked = book_lock(book)?
+        .acked
+        .iter()
+        .filter_map(|a| match &a.answer {
+            load::Answer::Report(r) => r.entry.as_ref(),
+            load::Answer::Update(r) => r.entry.as_ref(),
+            _ => None,
+        })
+        .map(|e| e.index + 1)
+        .max()
+        .unwrap_or(0);
+    let need = acked.max(check::stored_entries(storage).await?);
+    let deadline = t0 + COVER_WITHIN;
+    let mut covered = None;
+    let mut got = 0;
+    loop {
+        watch_lead(fleet, wins, t0, Instant::now(), led).await;
+        if covered.is_none() {
+            let mut ops = clients.any().operator.clone();
+            if let Ok(Ok(c)) = tokio::time::timeout(
+                Duration::from_secs(2),
+                ops.get_checkpoint(GetCheckpointRequest {}),
+            )
+            .await
+            {
+                let size = c.into_inner().checkpoint.map_or(0, |c| c.size);
+                got = got.max(size);
+                if size >= need {
+                    covered = Some(t0.elapsed());
+                }
+            }
+        }
+        if (covered.is_some() && (led.is_some() || !expect_lead)) || Instant::now() > deadline {
+            return Ok((covered, need, got));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn book_lock(book: &Mutex<Book>) -> Result<std::sync::MutexGuard<'_, Book>, BoxError> {

@@ -9,7 +9,10 @@ use crossflow_gateway::{
     telemetry::{self, Telemetry},
 };
 use crossflow_identity::{KeyRing, generate_dev};
-use crossflow_settings::Settings;
+use crossflow_ledger::cli::StoreAt;
+use crossflow_settings::{Settings, StoreBackend};
+
+mod copy;
 
 /// mimalloc rather than glibc's malloc: buffers allocated on one thread are
 /// freed on another (runtime workers, the store writer), which glibc serves
@@ -88,6 +91,30 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Store tools.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreCommand {
+    /// Copy a federation's embedded SQLite store into an empty PostgreSQL
+    /// database, with the gateway stopped: every table with every value as
+    /// it is, in one transaction that commits only once the copy verifies
+    /// (row counts, ledger fsck, the latest checkpoint, and a consistency
+    /// proof from the last SQLite checkpoint). Then serve with --to.
+    Copy {
+        /// The config of the SQLite store (`[gateway.store]` sqlite, the
+        /// default); its gateway must be stopped.
+        #[arg(long, value_name = "CONFIG_SQLITE")]
+        from: PathBuf,
+        /// The config of the PostgreSQL store (`[gateway.store]` postgres);
+        /// its database must be empty.
+        #[arg(long, value_name = "CONFIG_POSTGRES")]
+        to: PathBuf,
     },
 }
 
@@ -401,7 +428,7 @@ fn run(command: Command, log_format: LogFormat) -> Result<(), String> {
             let g = &settings.gateway;
             let now = crossflow_api::clock::now_ms();
             let line =
-                crossflow_ledger::cli::close_data_dir(&g.data_dir, &period, &g.timezone, now)?;
+                crossflow_ledger::cli::close_store(store_at(&settings), &period, &g.timezone, now)?;
             println!("{line}");
             Ok(())
         }
@@ -415,8 +442,8 @@ fn run(command: Command, log_format: LogFormat) -> Result<(), String> {
                 },
         } => {
             let settings = Settings::load(&config).map_err(|e| e.to_string())?;
-            let summary = crossflow_ledger::cli::export_data_dir(
-                &settings.gateway.data_dir,
+            let summary = crossflow_ledger::cli::export_store(
+                store_at(&settings),
                 &period,
                 partner.as_deref(),
                 &out,
@@ -437,6 +464,9 @@ fn run(command: Command, log_format: LogFormat) -> Result<(), String> {
                 std::process::exit(1)
             }
         },
+        Command::Store {
+            command: StoreCommand::Copy { from, to },
+        } => store_copy(&from, &to),
         Command::Keys {
             command: KeysCommand::Generate { out },
         } => {
@@ -462,51 +492,110 @@ fn run(command: Command, log_format: LogFormat) -> Result<(), String> {
     }
 }
 
+/// Where the ledger commands find the store `[gateway.store]` names.
+fn store_at(settings: &Settings) -> StoreAt<'_> {
+    match &settings.gateway.store {
+        StoreBackend::Sqlite => StoreAt::Sqlite {
+            data_dir: &settings.gateway.data_dir,
+        },
+        StoreBackend::Postgres { url } => StoreAt::Postgres { url },
+    }
+}
+
+/// The log's verifier key, from the signing key in `gateway.key_dir`.
+fn ledger_verifier(g: &crossflow_settings::Gateway) -> Result<crossflow_ledger::Verifier, String> {
+    let keys = KeyRing::load(&g.key_dir).map_err(|e| format!("{}: {e}", g.key_dir.display()))?;
+    let pair = ring::signature::Ed25519KeyPair::from_pkcs8(keys.ledger_signing_key_pkcs8())
+        .map_err(|_| "ledger-ed25519.pk8 is not Ed25519 PKCS#8 v2".to_owned())?;
+    let signer =
+        crossflow_ledger::Signer::new(keys.ledger_key_name(), pair).map_err(|e| e.to_string())?;
+    Ok(signer.verifier())
+}
+
 /// `crossflow ledger fsck`: checks signatures with the key in `key_dir`.
 fn ledger_fsck(config: &std::path::Path) -> Result<(), String> {
     let settings = Settings::load(config).map_err(|e| e.to_string())?;
     let g = &settings.gateway;
-    let keys = KeyRing::load(&g.key_dir).map_err(|e| format!("{}: {e}", g.key_dir.display()))?;
-    let verifier = ring::signature::Ed25519KeyPair::from_pkcs8(keys.ledger_signing_key_pkcs8())
-        .map_err(|_| "ledger-ed25519.pk8 is not Ed25519 PKCS#8 v2".to_owned())
-        .and_then(|pair| {
-            crossflow_ledger::Signer::new(keys.ledger_key_name(), pair).map_err(|e| e.to_string())
-        })?
-        .verifier();
+    let verifier = ledger_verifier(g)?;
     let origin = crossflow_ledger::origin(&g.federation);
-    let report = crossflow_ledger::cli::fsck_data_dir(&g.data_dir, Some(&verifier), Some(&origin))?;
+    let report =
+        crossflow_ledger::cli::fsck_store(store_at(&settings), Some(&verifier), Some(&origin))?;
     println!("{}", crossflow_ledger::cli::fsck_summary(&report)?);
+    Ok(())
+}
+
+/// `crossflow store copy --from CONFIG_SQLITE --to CONFIG_POSTGRES`.
+fn store_copy(from: &std::path::Path, to: &std::path::Path) -> Result<(), String> {
+    let source = Settings::load(from).map_err(|e| e.to_string())?;
+    let target = Settings::load(to).map_err(|e| e.to_string())?;
+    if !matches!(source.gateway.store, StoreBackend::Sqlite) {
+        return Err(format!(
+            "--from {}: [gateway.store] must be the embedded sqlite store",
+            from.display()
+        ));
+    }
+    let StoreBackend::Postgres { url } = &target.gateway.store else {
+        return Err(format!(
+            "--to {}: [gateway.store] must be backend = \"postgres\"",
+            to.display()
+        ));
+    };
+    if source.gateway.federation != target.gateway.federation {
+        return Err(format!(
+            "--from serves federation {:?} and --to {:?}: the log's origin would change",
+            source.gateway.federation, target.gateway.federation
+        ));
+    }
+    // The fsck of the copy checks every checkpoint with the key the target
+    // will sign with: a --to config with other keys is refused before
+    // anything is committed.
+    let verifier = ledger_verifier(&target.gateway)?;
+    let origin = crossflow_ledger::origin(&target.gateway.federation);
+    let plan = copy::Plan {
+        data_dir: &source.gateway.data_dir,
+        url,
+        verifier: &verifier,
+        origin: &origin,
+    };
+    let copied = copy::copy(&plan).map_err(|e| e.to_string())?;
+    println!(
+        "{}",
+        copied.summary(&source.gateway.data_dir.join("crossflow.db"))
+    );
     Ok(())
 }
 
 /// `crossflow conversions release`: one ledger entry, written offline.
 fn release_conversion(id: &str, config: &std::path::Path, note: &str) -> Result<(), String> {
     let settings = Settings::load(config).map_err(|e| e.to_string())?;
-    let store = crossflow_store::Sqlite::open(&settings.gateway.data_dir).map_err(|e| match e {
-        crossflow_store::StoreError::Locked(dir) => format!(
-            "{} is in use by a running gateway; stop it, or have an operator call \
-             ConversionService.ReleaseConversion",
-            dir.display()
-        ),
-        other => other.to_string(),
-    })?;
     let now = crossflow_api::clock::now_ms();
-    let done = runtime()?.block_on(crossflow_conversions::release_with(
-        store.db(),
-        now,
-        crossflow_conversions::Releaser::Cli,
-        id,
-        note,
-    ));
-    store.db().close();
-    let r = done.map_err(|e| e.problem().message)?;
+    let done = runtime()?.block_on(async {
+        let store = server::open_store(&settings).await.map_err(|e| match e {
+            server::ServeError::Store(crossflow_store::StoreError::Locked(dir)) => format!(
+                "{} is in use by a running gateway; stop it, or have an operator call \
+                 ConversionService.ReleaseConversion",
+                dir.display()
+            ),
+            other => other.to_string(),
+        })?;
+        let done = crossflow_conversions::release_with(
+            &store,
+            now,
+            crossflow_conversions::Releaser::Cli,
+            id,
+            note,
+        )
+        .await;
+        crossflow_store::Database::close(&store);
+        done.map_err(|e| e.problem().message)
+    })?;
     println!(
         "released conversion {id} (order {} of {}, hold {}): ledger entry {}, leaf hash {}",
-        r.conversion.order_id,
-        r.conversion.reporter,
-        r.conversion.hold_reason,
-        r.entry.index,
-        hex::encode(r.entry.leaf_hash)
+        done.conversion.order_id,
+        done.conversion.reporter,
+        done.conversion.hold_reason,
+        done.entry.index,
+        hex::encode(done.entry.leaf_hash)
     );
     Ok(())
 }

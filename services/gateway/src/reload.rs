@@ -215,6 +215,17 @@ pub fn needs_restart(old: &Settings, new: &Settings) -> Vec<String> {
     check("gateway.tls.ca", show(&o.tls.ca), show(&n.tls.ca));
     check("gateway.tls.cert", show(&o.tls.cert), show(&n.tls.cert));
     check("gateway.tls.key", show(&o.tls.key), show(&n.tls.key));
+    // Debug output redacts passwords.
+    check(
+        "gateway.store",
+        format!("{:?}", o.store),
+        format!("{:?}", n.store),
+    );
+    check(
+        "gateway.quotas",
+        format!("{:?}", o.quotas),
+        format!("{:?}", n.quotas),
+    );
     check(
         "telemetry",
         format!("{:?}", old.telemetry),

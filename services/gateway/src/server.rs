@@ -6,7 +6,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use crossflow_api::clock::{Clock, SharedClock, SystemClock};
 use crossflow_conversions::Conversions;
 use crossflow_identity::KeyRing;
-use crossflow_ledger::{Integrator, Ledger, LedgerError, NoteError, Signer};
+use crossflow_ledger::{Integrator, Ledger, NoteError, Signer, leader::MakeSigner};
 use crossflow_proto::v1::conversion_service_server::ConversionServiceServer;
 use crossflow_proto::v1::quota_service_server::QuotaServiceServer;
 use crossflow_proto::v1::tag_service_server::TagServiceServer;
@@ -20,7 +20,7 @@ use crossflow_quota::{
 };
 use crossflow_referrals::Referrals;
 use crossflow_settings::{Settings, SettingsHandle};
-use crossflow_store::Sqlite;
+use crossflow_store::{ConversionStore, Database, Store, leader::Candidate};
 use crossflow_tags::Tags;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tokio_stream::wrappers::TcpListenerStream;
@@ -74,7 +74,7 @@ pub struct Running {
     /// The bound address (useful with port 0).
     pub addr: SocketAddr,
     pub settings: SettingsHandle,
-    pub store: Sqlite,
+    pub store: Store,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), ServeError>>>,
 }
@@ -92,7 +92,7 @@ impl Running {
             Some(t) => t.await.unwrap_or(Ok(())),
             None => Ok(()),
         };
-        self.store.db().close();
+        self.store.close();
         res
     }
 
@@ -107,7 +107,7 @@ impl Running {
         };
         tokio::select! {
             r = &mut task => {
-                self.store.db().close();
+                self.store.close();
                 r.unwrap_or(Ok(()))
             }
             () = signal => {
@@ -126,7 +126,7 @@ impl Running {
             Some(t) => t.await.unwrap_or(Ok(())),
             None => Ok(()),
         };
-        self.store.db().close();
+        self.store.close();
         res
     }
 }
@@ -135,6 +135,30 @@ impl Drop for Running {
     fn drop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
+        }
+    }
+}
+
+/// How this replica names itself as the ledger's leader (`ledger_leader`
+/// holder): host name and process id, for operators.
+fn replica_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".to_owned());
+    format!("{host}/{}", std::process::id())
+}
+
+/// The store `[gateway.store]` names: the embedded SQLite in `data_dir`, or
+/// PostgreSQL (connected, its schema migrated, off the async runtime).
+pub async fn open_store(settings: &Settings) -> Result<Store, ServeError> {
+    match &settings.gateway.store {
+        crossflow_settings::StoreBackend::Sqlite => Ok(Store::sqlite(&settings.gateway.data_dir)?),
+        crossflow_settings::StoreBackend::Postgres { url } => {
+            let url = url.clone();
+            let store = tokio::task::spawn_blocking(move || Store::postgres(&url))
+                .await
+                .map_err(|e| crossflow_store::StoreError::Unavailable(e.to_string()))?;
+            Ok(store?)
         }
     }
 }
@@ -192,7 +216,7 @@ pub async fn start_with_clock(
     if !tag_problems.is_empty() {
         return Err(ServeError::TagSettings(tag_problems.join("; ")));
     }
-    let store = Sqlite::open(&g.data_dir)?;
+    let store = open_store(&settings).await?;
     let handle = SettingsHandle::new(settings);
     // Today's daily quota counters come back before the first call.
     let quotas = Arc::new(Quotas::new(handle.clone()));
@@ -201,25 +225,20 @@ pub async fn start_with_clock(
     let referrals = Referrals::new(store.clone(), keys.clone(), handle.clone(), clock.clone())
         .with_guard(quotas.clone());
     let tags = Tags::new(store.clone(), keys.clone(), handle.clone(), clock.clone());
-    let conversions = Conversions::new(
-        store.db().clone(),
-        keys.clone(),
-        handle.clone(),
-        clock.clone(),
-    );
+    let conversions = Conversions::new(store.clone(), keys.clone(), handle.clone(), clock.clone());
 
     // Storage never holds the key: the integrator gets a signer.
-    let signer = ring::signature::Ed25519KeyPair::from_pkcs8(keys.ledger_signing_key_pkcs8())
-        .map_err(|_| NoteError::MalformedPrivateKey("ledger-ed25519.pk8 is not Ed25519 PKCS#8 v2"))
-        .and_then(|pair| Signer::new(keys.ledger_key_name(), pair))
-        .map_err(LedgerError::from)?;
-    let integrator = Integrator::open_with_clock(
-        store.clone(),
-        signer,
-        crossflow_ledger::origin(&handle.get().gateway.federation),
-        SharedClock(clock.clone()),
-    )
-    .await?;
+    let make_signer: MakeSigner = {
+        let keys = keys.clone();
+        Arc::new(move || {
+            let pair = ring::signature::Ed25519KeyPair::from_pkcs8(keys.ledger_signing_key_pkcs8())
+                .map_err(|_| {
+                    NoteError::MalformedPrivateKey("ledger-ed25519.pk8 is not Ed25519 PKCS#8 v2")
+                })?;
+            Ok(Signer::new(keys.ledger_key_name(), pair)?)
+        })
+    };
+    let origin = crossflow_ledger::origin(&handle.get().gateway.federation);
     let interval = {
         let handle = handle.clone();
         move || Duration::from_millis(handle.get().ledger.checkpoint_interval_ms)
@@ -230,11 +249,36 @@ pub async fn start_with_clock(
         let interval = interval.clone();
         move || (2 * interval() + Duration::from_millis(500)).min(REQUEST_TIMEOUT / 2)
     };
+    // On the embedded store this process is the log's only writer; with
+    // replicas on PostgreSQL it integrates and signs only while it leads.
+    let (ledger, integrator) = match &store {
+        Store::Sqlite(_) => {
+            let integrator = Integrator::open_with_clock(
+                store.clone(),
+                make_signer()?,
+                origin,
+                SharedClock(clock.clone()),
+            )
+            .await?;
+            let ledger = integrator.ledger();
+            (ledger, integrator.spawn(interval))
+        }
+        Store::Postgres(pg) => {
+            crossflow_ledger::leader::spawn_replica(
+                store.clone(),
+                Candidate::new(pg.clone(), replica_name()),
+                make_signer,
+                origin,
+                SharedClock(clock.clone()),
+                interval,
+            )
+            .await?
+        }
+    };
     // Receipts by order id: order ids are unique per reporting partner, so
     // only a partner can name one (an operator asks by index).
     let orders = store.clone();
-    let ledger: Ledger<Sqlite> = integrator
-        .ledger()
+    let ledger: Ledger<Store> = ledger
         .with_receipt_wait(receipt_wait)
         .with_order_lookup(Arc::new(move |caller, order_id| {
             let orders = orders.clone();
@@ -247,20 +291,19 @@ pub async fn start_with_clock(
                 }
             })
         }));
-    let integrator = integrator.spawn(interval);
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
-        .set_serving::<LedgerServiceServer<Ledger<Sqlite>>>()
+        .set_serving::<LedgerServiceServer<Ledger<Store>>>()
         .await;
     health_reporter
-        .set_serving::<ReferralServiceServer<Referrals<Sqlite>>>()
+        .set_serving::<ReferralServiceServer<Referrals<Store>>>()
         .await;
     health_reporter
         .set_serving::<ConversionServiceServer<Conversions>>()
         .await;
     health_reporter
-        .set_serving::<TagServiceServer<Tags<Sqlite>>>()
+        .set_serving::<TagServiceServer<Tags<Store>>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
@@ -275,7 +318,7 @@ pub async fn start_with_clock(
     reloader.started().await;
     let background = [
         crossflow_quota::spawn_flusher(quotas.clone(), store.clone(), QUOTA_FLUSH_EVERY),
-        crate::telemetry::watch_store(store.db().clone()),
+        crate::telemetry::watch_store(store.clone()),
         reloader.spawn(),
         crossflow_tags::spawn_purger(store.clone(), crossflow_tags::PURGE_EVERY),
     ];

@@ -21,7 +21,7 @@ use std::{
 };
 
 use crossflow_settings::raw;
-use crossflow_store::Db;
+use crossflow_store::Database;
 use http_body::{Body, Frame, SizeHint};
 use opentelemetry::{
     KeyValue,
@@ -166,7 +166,7 @@ impl Telemetry {
 /// duration, taken when at least one commit happened since the last sample
 /// (so at most one point per [`STORE_SAMPLE_EVERY`]; the count of commits is
 /// not the histogram's count).
-pub fn watch_store(db: Db) -> tokio::task::JoinHandle<()> {
+pub fn watch_store(db: impl Database) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut seen = db.stats().commits;
         let mut tick = tokio::time::interval(STORE_SAMPLE_EVERY);

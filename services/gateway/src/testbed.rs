@@ -94,6 +94,16 @@ impl Testbed {
         })
     }
 
+    /// The federation already laid out in `dir` (by [`Testbed::create`]),
+    /// for a second process or replica serving the same one.
+    pub fn at(dir: &Path, federation: &str) -> Testbed {
+        Testbed {
+            dir: dir.to_path_buf(),
+            federation: federation.to_owned(),
+            _tmp: None,
+        }
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.dir.join("crossflow.toml")
     }

@@ -1,10 +1,19 @@
 //! What `crossflow verify` and `crossflow ledger fsck` do, as functions that
 //! return the line to print or the reason for failing, so the binary only
 //! parses arguments.
+//!
+//! The ledger commands read the store `[gateway.store]` names ([`StoreAt`]):
+//! the embedded SQLite file opened directly (read-only, or one IMMEDIATE
+//! transaction for a close), so they work beside a serving gateway that
+//! holds the store's lock; or PostgreSQL, which allows concurrent sessions,
+//! through a connection of their own. Either way the same functions run on
+//! the store's neutral `Conn`.
 
 use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags};
+
+use crossflow_store::{Postgres, pg::PgConn, pg_schema, sql::Conn};
 
 use crate::{
     fsck::{Report, fsck},
@@ -15,6 +24,16 @@ use crate::{
 /// Name of the database file inside `gateway.data_dir` (as `crossflow-store`
 /// creates it).
 const DB_FILE: &str = "crossflow.db";
+
+/// Where the ledger commands find the store: `[gateway.store]`.
+#[derive(Debug, Clone, Copy)]
+pub enum StoreAt<'a> {
+    /// The embedded SQLite store in `gateway.data_dir`.
+    Sqlite { data_dir: &'a Path },
+    /// PostgreSQL at `url` (which may hold a password: messages name only
+    /// the server, as the store's errors do).
+    Postgres { url: &'a str },
+}
 
 fn read(path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))
@@ -118,15 +137,49 @@ fn open_snapshot(data_dir: &Path) -> Result<Connection, String> {
     Ok(conn)
 }
 
-/// Runs fsck read-only on the store in `data_dir` (safe beside a running
-/// gateway: it never takes the writer's lock).
-pub fn fsck_data_dir(
-    data_dir: &Path,
+/// Runs `f` on a consistent read-only snapshot of the store: SQLite's
+/// read transaction on a connection of its own (safe beside a running
+/// gateway: it never takes the writer's lock), or a REPEATABLE READ, READ
+/// ONLY transaction on PostgreSQL.
+fn with_snapshot<R>(
+    at: StoreAt<'_>,
+    f: impl FnOnce(&dyn Conn) -> Result<R, String>,
+) -> Result<R, String> {
+    match at {
+        StoreAt::Sqlite { data_dir } => f(&open_snapshot(data_dir)?),
+        StoreAt::Postgres { url } => with_postgres(url, |conn| {
+            conn.batch("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .map_err(|e| format!("PostgreSQL: {e}"))?;
+            let out = f(conn);
+            // Read only: nothing to keep.
+            let _ = conn.batch("ROLLBACK");
+            out
+        }),
+    }
+}
+
+/// Connects to PostgreSQL at `url` (applying the schema, as a gateway
+/// replica would) and runs `f` on a session of its own.
+fn with_postgres<R>(url: &str, f: impl FnOnce(&PgConn) -> Result<R, String>) -> Result<R, String> {
+    let store =
+        Postgres::connect(url, pg_schema::MIGRATIONS).map_err(|e| format!("PostgreSQL: {e}"))?;
+    let out = store
+        .dedicated()
+        .map_err(|e| format!("PostgreSQL: {e}"))
+        .and_then(|conn| f(&conn));
+    store.close();
+    out
+}
+
+/// Runs fsck read-only on the store (safe beside a running gateway).
+pub fn fsck_store(
+    at: StoreAt<'_>,
     verifier: Option<&Verifier>,
     origin: Option<&str>,
 ) -> Result<Report, String> {
-    let conn = open_snapshot(data_dir)?;
-    fsck(&conn, verifier, origin).map_err(|e| e.to_string())
+    with_snapshot(at, |conn| {
+        fsck(conn, verifier, origin).map_err(|e| e.to_string())
+    })
 }
 
 /// The summary fsck prints; `Err` when anything is wrong.
@@ -150,14 +203,40 @@ pub fn fsck_summary(report: &Report) -> Result<String, String> {
 }
 
 /// `crossflow ledger close`: records the close of `period` (a month in
-/// `tz`) in the store of `data_dir`. Works with the gateway stopped and while
-/// it serves: closing only inserts one row (in an IMMEDIATE transaction on
-/// a connection of its own), and never signs.
-pub fn close_data_dir(
+/// `tz`) in the store. Works with the gateway stopped and while it serves:
+/// closing only inserts one row, in a write transaction of its own
+/// (IMMEDIATE on SQLite, beside the gateway's writer; on PostgreSQL
+/// serialised with other closes by `period::close`), and never signs.
+pub fn close_store(at: StoreAt<'_>, period: &str, tz: &str, now_ms: i64) -> Result<String, String> {
+    let close = |conn: &dyn Conn| {
+        crate::period::close(conn, period, tz, now_ms)
+            .map(|c| c.summary())
+            .map_err(|e| e.to_string())
+    };
+    match at {
+        StoreAt::Sqlite { data_dir } => close_sqlite(data_dir, close),
+        StoreAt::Postgres { url } => with_postgres(url, |conn| {
+            let pg = |e: crossflow_store::StoreError| format!("PostgreSQL: {e}");
+            conn.batch("BEGIN").map_err(pg)?;
+            match close(conn) {
+                Ok(line) => {
+                    conn.batch("COMMIT").map_err(pg)?;
+                    Ok(line)
+                }
+                Err(e) => {
+                    let _ = conn.batch("ROLLBACK");
+                    Err(e)
+                }
+            }
+        }),
+    }
+}
+
+/// `close` in one IMMEDIATE transaction on a connection of its own to the
+/// SQLite store in `data_dir`.
+fn close_sqlite(
     data_dir: &Path,
-    period: &str,
-    tz: &str,
-    now_ms: i64,
+    close: impl FnOnce(&dyn Conn) -> Result<String, String>,
 ) -> Result<String, String> {
     let path = db_path(data_dir)?;
     // With the gateway stopped, opening the store applies any migration this
@@ -169,27 +248,30 @@ pub fn close_data_dir(
         Err(e) => return Err(e.to_string()),
     }
     let conn = Connection::open(&path).map_err(|e| format!("opening {}: {e}", path.display()))?;
-    conn.execute_batch("PRAGMA busy_timeout=10000")
+    conn.execute_batch("PRAGMA busy_timeout=10000; BEGIN IMMEDIATE")
         .map_err(|e| e.to_string())?;
-    let close = crate::period::close(&conn, period, tz, now_ms).map_err(|e| e.to_string())?;
-    Ok(close.summary())
+    let result = close(&conn);
+    let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    conn.execute_batch(end).map_err(|e| e.to_string())?;
+    result
 }
 
 /// `crossflow ledger export`: writes the export of closed `period` from the
-/// store of `data_dir` into `out`, read-only and from one read transaction
-/// (safe while the gateway runs).
-pub fn export_data_dir(
-    data_dir: &Path,
+/// store into `out`, read-only and from one read transaction (safe while
+/// the gateway runs).
+pub fn export_store(
+    at: StoreAt<'_>,
     period: &str,
     partner: Option<&str>,
     out: &Path,
 ) -> Result<crate::export::ExportSummary, String> {
-    let conn = open_snapshot(data_dir)?;
     let view = match partner {
         None => crate::export::View::Federation,
         Some(p) => crate::export::View::Partner(p.to_owned()),
     };
-    crate::export::export(&conn, period, view, out).map_err(|e| e.to_string())
+    with_snapshot(at, |conn| {
+        crate::export::export(conn, period, view, out).map_err(|e| e.to_string())
+    })
 }
 
 /// `crossflow ledger verify DIR --vkey KEY`: the verdict line; `Err` holds
@@ -199,7 +281,8 @@ pub fn verify_export_dir(dir: &Path, vkey: &str) -> Result<String, String> {
     crate::verify_export::verify(dir, &verifier).map_err(|f| format!("export FAILED: {f}"))
 }
 
-fn base64_hash(h: &[u8; 32]) -> String {
+/// A tree hash as checkpoints and the commands print it: standard base64.
+pub fn base64_hash(h: &[u8; 32]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(h)
 }

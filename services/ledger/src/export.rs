@@ -1,10 +1,11 @@
 //! `crossflow ledger export`: a closed period's files for the federation or
 //! one partner (docs/LEDGER.md, "Exports"), written from one read
-//! transaction so it can run beside a live gateway.
+//! transaction so it can run beside a live gateway. It reads through the
+//! store's neutral [`Conn`], so the same bytes come out of SQLite and
+//! PostgreSQL.
 
 use std::path::{Path, PathBuf};
 
-use rusqlite::Connection;
 use serde::Serialize;
 
 use crate::{
@@ -13,7 +14,7 @@ use crate::{
     period::{self, PeriodError},
     settle::{self, LoggedEntry, SettleError, SettlementRow},
 };
-use crossflow_store::{StoreError, ledger};
+use crossflow_store::{StoreError, ledger, sql::Conn};
 
 /// The `format` of `export.json`.
 pub const FORMAT: &str = "crossflow-ledger-export@v1";
@@ -129,8 +130,20 @@ struct Manifest<'a> {
     entries: usize,
 }
 
-/// Tree nodes read through a store connection.
-struct StoreNodes<'a>(&'a Connection);
+/// Tree nodes read through a store connection (either backend), for the
+/// proofs of `crate::merkle`.
+#[derive(Clone, Copy)]
+pub struct StoreNodes<'a>(pub &'a dyn Conn);
+
+// === impl StoreNodes ===
+
+impl std::fmt::Debug for StoreNodes<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("StoreNodes")
+            .field(&self.0.dialect())
+            .finish()
+    }
+}
 
 impl NodeReader for StoreNodes<'_> {
     type Error = StoreError;
@@ -151,9 +164,10 @@ const PAGE: usize = 1000;
 
 /// Writes the export of closed `period` for `view` into `out` (created if
 /// needed; files there are replaced). Run it inside one read transaction
-/// for a consistent snapshot beside a live gateway.
+/// (SQLite's read snapshot, or PostgreSQL's REPEATABLE READ) for a
+/// consistent snapshot beside a live gateway.
 pub fn export(
-    conn: &Connection,
+    conn: &dyn Conn,
     period: &str,
     view: View,
     out: &Path,
@@ -342,15 +356,4 @@ and recompute statement.csv and settlement.csv byte for byte.
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn view_names_round_trip() {
-        for v in [View::Federation, View::Partner("alpha".into())] {
-            assert_eq!(View::parse(&v.name()), Some(v));
-        }
-        assert_eq!(View::parse("partner:"), None);
-        assert_eq!(View::parse("everyone"), None);
-    }
-}
+mod tests;

@@ -2,10 +2,14 @@
 //! entry bytes and checks every stored leaf hash, tree node, party-index
 //! block and checkpoint against it.
 //!
-//! It reads one connection in one pass over the entries (index order), with
-//! memory O(log n + partners x block), so it can run beside a live gateway on
-//! a read-only connection. The party index is merged in as it goes: one
-//! cursor per partner over that partner's blocks.
+//! It reads one connection (SQLite or PostgreSQL: only the store's neutral
+//! [`Conn`]) in one pass over the entries in index order, a page at a time,
+//! with memory O(page + log n + partners x block), so it can run beside a
+//! live gateway inside one read transaction (a read-only SQLite snapshot,
+//! or a REPEATABLE READ one on PostgreSQL). The party index is merged in as
+//! it goes: one cursor per partner over that partner's blocks. Stored tree
+//! nodes are read per page too (one range query per stored level), not
+//! one query per node: on PostgreSQL each query is a round trip.
 //!
 //! Only some tree levels are stored (`crossflow_store::ledger::stored_level`);
 //! the others are rehashed by `ledger::nodes` on every read, so besides
@@ -15,19 +19,24 @@
 
 use std::{
     cmp::Reverse,
-    collections::{BinaryHeap, VecDeque},
+    collections::{BTreeMap, BinaryHeap, HashMap, VecDeque},
 };
-
-use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::{
     merkle::{self, Frontier},
     note::{Checkpoint, Verifier},
 };
-use crossflow_store::{StoreError, ledger};
+use crossflow_store::{
+    StoreError, ledger,
+    sql::{Conn, ConnExt, RowExt, to_i64},
+    values,
+};
 
 /// Most problems listed; past it only the count grows.
 const MAX_LISTED: usize = 100;
+
+/// Entries read per query.
+const PAGE: usize = 4096;
 
 /// What fsck found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -46,6 +55,16 @@ pub struct Report {
     pub problems: Vec<String>,
 }
 
+/// One stored entry as fsck reads it.
+struct StoredEntry {
+    idx: i64,
+    bytes: Vec<u8>,
+    leaf_hash: Vec<u8>,
+    parties: String,
+}
+
+// === impl Report ===
+
 impl Report {
     pub fn ok(&self) -> bool {
         self.problem_count == 0
@@ -60,9 +79,10 @@ impl Report {
 }
 
 /// Checks the ledger in `conn`. With `verifier` (and `origin`), every
-/// checkpoint's signature and origin are checked too.
+/// checkpoint's signature and origin are checked too. Run it inside one
+/// read transaction for a consistent answer beside a live gateway.
 pub fn fsck(
-    conn: &Connection,
+    conn: &dyn Conn,
     verifier: Option<&Verifier>,
     origin: Option<&str>,
 ) -> Result<Report, StoreError> {
@@ -78,58 +98,69 @@ pub fn fsck(
     let mut frontier = Frontier::new();
     let mut edge: Option<Vec<merkle::Hash>> = (report.tree_size == 0).then(Vec::new);
     let mut parties = PartyCursors::open(conn, &mut report)?;
-    let mut node = conn.prepare("SELECT hash FROM ledger_nodes WHERE level = ?1 AND idx = ?2")?;
-    let mut stmt =
-        conn.prepare("SELECT idx, bytes, leaf_hash, parties FROM ledger_entries ORDER BY idx")?;
-    let mut rows = stmt.query([])?;
     check_checkpoints_at(&frontier, &mut checkpoints, &mut report);
-    while let Some(r) = rows.next()? {
-        let idx: i64 = r.get(0)?;
-        let bytes: Vec<u8> = r.get(1)?;
-        let stored: Vec<u8> = r.get(2)?;
-        if idx as u64 != frontier.size() {
-            report.problem(format!(
-                "entry {} is missing (next stored index is {idx})",
-                frontier.size()
-            ));
+    loop {
+        let from = frontier.size();
+        let page = conn.query_vec(
+            "SELECT idx, bytes, leaf_hash, parties FROM ledger_entries \
+             WHERE idx >= ?1 ORDER BY idx LIMIT ?2",
+            values![to_i64(from)?, to_i64(PAGE as u64)?],
+            |r| {
+                Ok(StoredEntry {
+                    idx: r.int(0)?,
+                    bytes: r.bytes(1)?.to_vec(),
+                    leaf_hash: r.bytes(2)?.to_vec(),
+                    parties: r.string(3)?,
+                })
+            },
+        )?;
+        if page.is_empty() {
             break;
         }
-        let leaf = merkle::leaf_hash(&bytes);
-        if stored[..] != leaf[..] {
-            report.problem(format!(
-                "entry {idx}: stored leaf hash is not SHA-256(0x00 || bytes)"
-            ));
-        }
-        if (idx as u64) < report.tree_size {
-            let named = ledger::split_parties(&r.get::<_, String>(3)?);
-            let listed = parties.at(conn, idx as u64, &mut report)?;
-            report.parties_checked += listed.len() as u64;
-            if listed != named {
+        let full = page.len() == PAGE;
+        // Stored-level nodes this page completes, compared after the page.
+        let mut completed: Vec<(u8, u64, merkle::Hash)> = Vec::new();
+        let mut gap = false;
+        for e in page {
+            let idx = e.idx;
+            if u64::try_from(idx).ok() != Some(frontier.size()) {
                 report.problem(format!(
-                    "entry {idx}: the party index lists {listed:?}, the entry names {named:?}"
+                    "entry {} is missing (next stored index is {idx})",
+                    frontier.size()
+                ));
+                gap = true;
+                break;
+            }
+            let leaf = merkle::leaf_hash(&e.bytes);
+            if e.leaf_hash[..] != leaf[..] {
+                report.problem(format!(
+                    "entry {idx}: stored leaf hash is not SHA-256(0x00 || bytes)"
                 ));
             }
-        }
-        for (level, index, hash) in frontier.append(leaf) {
-            if !ledger::stored_level(level) || frontier.size() > report.tree_size {
-                continue;
+            if frontier.size() < report.tree_size {
+                let named = ledger::split_parties(&e.parties);
+                let listed = parties.at(conn, frontier.size(), &mut report)?;
+                report.parties_checked += listed.len() as u64;
+                if listed != named {
+                    report.problem(format!(
+                        "entry {idx}: the party index lists {listed:?}, the entry names {named:?}"
+                    ));
+                }
             }
-            report.nodes_checked += 1;
-            let got: Option<Vec<u8>> = node
-                .query_row(params![i64::from(level), index as i64], |r| r.get(0))
-                .optional()?;
-            match got {
-                None => report.problem(format!("node (level {level}, index {index}) is missing")),
-                Some(h) if h[..] != hash[..] => report.problem(format!(
-                    "node (level {level}, index {index}) differs from the recomputed tree"
-                )),
-                Some(_) => {}
+            for (level, index, hash) in frontier.append(leaf) {
+                if ledger::stored_level(level) && frontier.size() <= report.tree_size {
+                    completed.push((level, index, hash));
+                }
             }
+            if frontier.size() == report.tree_size {
+                edge = Some(frontier.hashes().to_vec());
+            }
+            check_checkpoints_at(&frontier, &mut checkpoints, &mut report);
         }
-        if frontier.size() == report.tree_size {
-            edge = Some(frontier.hashes().to_vec());
+        check_nodes(conn, &completed, &mut report)?;
+        if gap || !full {
+            break;
         }
-        check_checkpoints_at(&frontier, &mut checkpoints, &mut report);
     }
     report.entries = frontier.size();
     if report.tree_size > report.entries {
@@ -156,10 +187,9 @@ pub fn fsck(
     }
     parties.rest(conn, &mut report)?;
     // A node beyond what the tree covers would be one fsck never compared.
-    let stored_nodes: i64 =
-        conn.query_row("SELECT COUNT(*) FROM ledger_nodes", [], |r| r.get(0))?;
+    let stored_nodes = conn.query_int("SELECT COUNT(*) FROM ledger_nodes", &[])?;
     let want = expected_nodes(report.tree_size.min(report.entries));
-    if stored_nodes as u64 != want {
+    if u64::try_from(stored_nodes).ok() != Some(want) {
         report.problem(format!(
             "{stored_nodes} tree nodes are stored, a tree of {} entries has {want}",
             report.tree_size
@@ -174,6 +204,44 @@ pub fn fsck(
     Ok(report)
 }
 
+/// Compares the recomputed nodes `completed` (of stored levels, in the
+/// order the tree completed them) with the stored rows: one range query
+/// per level.
+fn check_nodes(
+    conn: &dyn Conn,
+    completed: &[(u8, u64, merkle::Hash)],
+    report: &mut Report,
+) -> Result<(), StoreError> {
+    let mut ranges: BTreeMap<u8, (u64, u64)> = BTreeMap::new();
+    for &(level, index, _) in completed {
+        let r = ranges.entry(level).or_insert((index, index));
+        r.0 = r.0.min(index);
+        r.1 = r.1.max(index);
+    }
+    let mut stored: HashMap<(u8, u64), Vec<u8>> = HashMap::with_capacity(completed.len());
+    for (&level, &(first, last)) in &ranges {
+        conn.query_each(
+            "SELECT idx, hash FROM ledger_nodes WHERE level = ?1 AND idx BETWEEN ?2 AND ?3",
+            values![i64::from(level), to_i64(first)?, to_i64(last)?],
+            &mut |r| {
+                stored.insert((level, r.uint(0)?), r.bytes(1)?.to_vec());
+                Ok(true)
+            },
+        )?;
+    }
+    for (level, index, hash) in completed {
+        report.nodes_checked += 1;
+        match stored.get(&(*level, *index)) {
+            None => report.problem(format!("node (level {level}, index {index}) is missing")),
+            Some(h) if h[..] != hash[..] => report.problem(format!(
+                "node (level {level}, index {index}) differs from the recomputed tree"
+            )),
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
 /// One cursor per partner over its party blocks, merged by index.
 struct PartyCursors {
     partners: Vec<String>,
@@ -183,12 +251,15 @@ struct PartyCursors {
     heads: BinaryHeap<Reverse<(u64, usize)>>,
 }
 
+// === impl PartyCursors ===
+
 impl PartyCursors {
-    fn open(conn: &Connection, report: &mut Report) -> Result<Self, StoreError> {
-        let partners = conn
-            .prepare("SELECT DISTINCT partner FROM ledger_party_blocks ORDER BY partner")?
-            .query_map([], |r| r.get(0))?
-            .collect::<Result<Vec<String>, _>>()?;
+    fn open(conn: &dyn Conn, report: &mut Report) -> Result<Self, StoreError> {
+        let partners = conn.query_vec(
+            "SELECT DISTINCT partner FROM ledger_party_blocks ORDER BY partner",
+            &[],
+            |r| r.string(0),
+        )?;
         let mut me = PartyCursors {
             blocks: vec![(Vec::new(), -1); partners.len()],
             partners,
@@ -204,21 +275,18 @@ impl PartyCursors {
     /// A malformed or overlapping block is a problem, skipped over.
     fn advance(
         &mut self,
-        conn: &Connection,
+        conn: &dyn Conn,
         p: usize,
         report: &mut Report,
     ) -> Result<(), StoreError> {
         while self.blocks[p].0.is_empty() {
             let after = self.blocks[p].1;
-            let next: Option<(i64, i64, Vec<u8>)> = conn
-                .prepare_cached(
-                    "SELECT first_idx, last_idx, gaps FROM ledger_party_blocks
-                     WHERE partner = ?1 AND last_idx > ?2 ORDER BY last_idx LIMIT 1",
-                )?
-                .query_row(params![self.partners[p], after], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                })
-                .optional()?;
+            let next = conn.query_opt(
+                "SELECT first_idx, last_idx, gaps FROM ledger_party_blocks \
+                 WHERE partner = ?1 AND last_idx > ?2 ORDER BY last_idx LIMIT 1",
+                values![&self.partners[p], after],
+                |r| Ok((r.int(0)?, r.int(1)?, r.bytes(2)?.to_vec())),
+            )?;
             let Some((first, last, gaps)) = next else {
                 return Ok(());
             };
@@ -245,7 +313,7 @@ impl PartyCursors {
     /// below `idx` was skipped over, i.e. names a missing entry.
     fn at(
         &mut self,
-        conn: &Connection,
+        conn: &dyn Conn,
         idx: u64,
         report: &mut Report,
     ) -> Result<Vec<String>, StoreError> {
@@ -270,7 +338,7 @@ impl PartyCursors {
     }
 
     /// Whatever is left lists entries beyond the tree.
-    fn rest(&mut self, conn: &Connection, report: &mut Report) -> Result<(), StoreError> {
+    fn rest(&mut self, conn: &dyn Conn, report: &mut Report) -> Result<(), StoreError> {
         while let Some(Reverse((i, p))) = self.heads.pop() {
             report.problem(format!(
                 "the party index of {:?} lists entry {i}, beyond the tree size {}",
@@ -348,5 +416,92 @@ fn check_note(
         )),
         Ok(_) => {}
         Err(e) => report.problem(format!("checkpoint of size {}: {e}", c.size)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! fsck on PostgreSQL (with a test server) reads the same log as on
+    //! SQLite and says the same; the SQLite cases are in `log::tests`.
+
+    use std::time::Duration;
+
+    use crossflow_store::{Database, Sqlite, ledger::LedgerStore, ledger::sequence};
+
+    use super::*;
+    use crate::{Integrator, Signer};
+
+    const ORIGIN: &str = "crossflow.test/ledger";
+
+    fn signer() -> crate::Signer {
+        Signer::from_seed("crossflow-ledger", &[7; 32]).unwrap()
+    }
+
+    /// A log of more than one fsck page (and party block), integrated in
+    /// a few steps.
+    async fn log<D: Database + LedgerStore + Clone>(db: &D) {
+        let mut integ = Integrator::open(db.clone(), signer(), ORIGIN.into())
+            .await
+            .unwrap();
+        for (from, to) in [(0, 10), (10, PAGE as u64 + 7)] {
+            db.write(move |c| {
+                for i in from..to {
+                    let bytes = format!(r#"{{"salt":"{i:016x}","type":"test"}}"#);
+                    let party = if i % 2 == 0 { "a" } else { "b" };
+                    sequence(c, bytes.as_bytes(), &[party, "c"], 1_000)?;
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+            while integ.step(Duration::ZERO).await.unwrap() > 0 {}
+        }
+    }
+
+    async fn report<D: Database>(db: &D) -> Report {
+        let verifier = signer().verifier();
+        db.read(move |c| fsck(c, Some(&verifier), Some(ORIGIN)))
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_same_report_on_sqlite_and_postgres() {
+        let Some(pg) = crossflow_store::testing::postgres("fsck_same_report") else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let lite = Sqlite::open(dir.path()).unwrap();
+        log(&lite).await;
+        log(&pg).await;
+        let on_lite = report(&lite).await;
+        let on_pg = report(&pg).await;
+        assert!(on_lite.ok(), "{on_lite:?}");
+        assert_eq!(on_lite.entries, PAGE as u64 + 7);
+        assert_eq!(on_pg, on_lite);
+
+        // A rewritten node and a dropped party block are found there too.
+        pg.write(|c| {
+            c.execute(
+                "UPDATE ledger_nodes SET hash = ?1 WHERE level = 3 AND idx = 1",
+                values![&[0u8; 32]],
+            )?;
+            c.execute(
+                "DELETE FROM ledger_party_blocks WHERE partner = 'a' AND first_idx = 0",
+                &[],
+            )?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        let broken = report(&pg).await;
+        let text = broken.problems.join("\n");
+        assert!(text.contains("node (level 3, index 1) differs"), "{text}");
+        assert!(
+            text.contains("entry 0: the party index lists [\"c\"]"),
+            "{text}"
+        );
+        pg.close();
+        lite.close();
     }
 }

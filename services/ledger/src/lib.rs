@@ -14,6 +14,7 @@ pub mod cli;
 pub mod export;
 pub mod fsck;
 pub mod grpc;
+pub mod leader;
 pub mod log;
 pub mod merkle;
 pub mod note;

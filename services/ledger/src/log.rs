@@ -123,9 +123,8 @@ impl LedgerError {
                 "order_id lookup needs the conversion service, which this gateway does not run; ask by index",
             )
             .with("field", "order_id"),
-            E::Inconsistent { .. } | E::Note(_) | E::Proof(_) | E::Store(_) => {
-                Problem::internal(self)
-            }
+            E::Store(e) => Problem::storage(e, e.is_unavailable()),
+            E::Inconsistent { .. } | E::Note(_) | E::Proof(_) => Problem::internal(self),
         }
     }
 }
@@ -187,7 +186,13 @@ pub struct Integrator<S> {
     last_signed_at: Option<Instant>,
     /// Wall clock for `signed_at_ms` (period closes pick anchors by it).
     clock: SharedClock,
+    /// The leader epoch this integrator was elected in (several replicas):
+    /// every step is fenced by it, see [`Integration::epoch`].
+    epoch: Option<u64>,
 }
+
+/// The latest signed checkpoint, as the read side watches it.
+pub(crate) type Latest = watch::Sender<Option<Arc<Signed>>>;
 
 /// A running integrator task.
 #[derive(Debug)]
@@ -197,6 +202,10 @@ pub struct IntegratorHandle {
 }
 
 impl IntegratorHandle {
+    pub(crate) fn new(stop: watch::Sender<bool>, task: JoinHandle<()>) -> IntegratorHandle {
+        IntegratorHandle { stop, task }
+    }
+
     /// Stops after the step in progress (nothing half-written: every step is
     /// one transaction) and waits for the task to end.
     pub async fn stop(self) {
@@ -220,6 +229,20 @@ impl<S: LedgerStore + Clone> Integrator<S> {
         origin: String,
         clock: SharedClock,
     ) -> Result<Self, LedgerError> {
+        Self::open_shared(store, signer, origin, clock, None, None).await
+    }
+
+    /// [`Integrator::open_with_clock`], publishing into `latest` (a
+    /// replica's read side, which followed the leader before this one was
+    /// elected) and fencing every step with `epoch`.
+    pub(crate) async fn open_shared(
+        store: S,
+        signer: Signer,
+        origin: String,
+        clock: SharedClock,
+        latest: Option<Latest>,
+        epoch: Option<u64>,
+    ) -> Result<Self, LedgerError> {
         let size = store.tree_size().await?;
         let frontier = if size == 0 {
             Frontier::new()
@@ -227,11 +250,20 @@ impl<S: LedgerStore + Clone> Integrator<S> {
             let hashes = store.nodes(merkle::root_nodes(size)).await?;
             Frontier::from_hashes(size, hashes)?
         };
+        let shared = latest;
         let latest = store.latest_checkpoint().await?;
         if let Some(c) = &latest {
             check_checkpoint(&store, &signer.verifier(), &origin, c, size).await?;
         }
-        let (tx, _) = watch::channel(latest.map(|c| Arc::new(Signed::from(c))));
+        let stored = latest;
+        let latest = stored.map(|c| Arc::new(Signed::from(c)));
+        let tx = match shared {
+            Some(tx) => {
+                tx.send_replace(latest);
+                tx
+            }
+            None => watch::channel(latest).0,
+        };
         let mut me = Integrator {
             store,
             signer,
@@ -240,6 +272,7 @@ impl<S: LedgerStore + Clone> Integrator<S> {
             latest: tx,
             last_signed_at: None,
             clock,
+            epoch,
         };
         if me.latest.borrow().is_none() {
             // A log always has a checkpoint, even when empty, so clients can
@@ -252,14 +285,12 @@ impl<S: LedgerStore + Clone> Integrator<S> {
 
     /// The read side of this log, sharing the integrator's latest checkpoint.
     pub fn ledger(&self) -> Ledger<S> {
-        Ledger {
-            store: self.store.clone(),
-            verifier: Arc::new(self.signer.verifier()),
-            origin: Arc::from(self.origin.as_str()),
-            latest: self.latest.subscribe(),
-            order_lookup: None,
-            receipt_wait: Arc::new(|| DEFAULT_RECEIPT_WAIT),
-        }
+        Ledger::watching(
+            self.store.clone(),
+            self.signer.verifier(),
+            &self.origin,
+            self.latest.subscribe(),
+        )
     }
 
     pub fn size(&self) -> u64 {
@@ -371,6 +402,7 @@ impl<S: LedgerStore + Clone> Integrator<S> {
                 nodes,
                 parties,
                 checkpoint: checkpoint.clone(),
+                epoch: self.epoch,
             })
             .await?;
         let metrics = crossflow_api::metrics::get();
@@ -479,6 +511,25 @@ pub struct Consistency {
 }
 
 impl<S: LedgerStore + Clone> Ledger<S> {
+    /// A read side that follows `latest` (published by an integrator of
+    /// this process or, on a replica that does not lead, read back from
+    /// the store).
+    pub(crate) fn watching(
+        store: S,
+        verifier: Verifier,
+        origin: &str,
+        latest: watch::Receiver<Option<Arc<Signed>>>,
+    ) -> Ledger<S> {
+        Ledger {
+            store,
+            verifier: Arc::new(verifier),
+            origin: Arc::from(origin),
+            latest,
+            order_lookup: None,
+            receipt_wait: Arc::new(|| DEFAULT_RECEIPT_WAIT),
+        }
+    }
+
     /// Adds the lookup that lets receipts be asked for by order id.
     pub fn with_order_lookup(mut self, lookup: OrderLookup) -> Self {
         self.order_lookup = Some(lookup);

@@ -3,12 +3,19 @@
 //! (docs/LEDGER.md, "Settlement periods").
 //!
 //! Closing records one row (`crossflow_store::periods`); it never signs, so
-//! it can run beside a live gateway through any connection to the store.
-
-use rusqlite::Connection;
+//! it can run beside a live gateway through any connection to the store,
+//! SQLite or PostgreSQL (only the store's neutral [`Conn`] is used).
 
 use crate::settle::PeriodBounds;
-use crossflow_store::{StoreError, ledger, periods};
+use crossflow_store::{
+    StoreError, ledger, periods,
+    sql::{Conn, Dialect},
+};
+
+/// Transaction-scoped advisory lock that serialises closes on PostgreSQL,
+/// where `crossflow ledger close` may run on any host at any time:
+/// "cfclose!" in ASCII.
+const CLOSE_LOCK: i64 = 0x6366_636c_6f73_6521;
 
 /// Why a period cannot be closed or read.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -48,12 +55,6 @@ pub enum PeriodError {
     NotClosed(String),
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-impl From<rusqlite::Error> for PeriodError {
-    fn from(e: rusqlite::Error) -> Self {
-        PeriodError::Store(e.into())
-    }
 }
 
 /// A month: `YYYY-MM`.
@@ -182,26 +183,22 @@ impl Close {
 }
 
 /// Closes `period` (a month in `tz`) at `now_ms`: records the newest
-/// checkpoint signed before the month ended as its anchor. Runs in the
-/// caller's transaction if there is one, else in its own IMMEDIATE one, so
-/// the order check and the insert cannot race another close.
-pub fn close(conn: &Connection, period: &str, tz: &str, now_ms: i64) -> Result<Close, PeriodError> {
-    if !conn.is_autocommit() {
-        return close_in_tx(conn, period, tz, now_ms);
+/// checkpoint signed before the month ended as its anchor.
+///
+/// Run it inside a write transaction, so the order check and the insert
+/// cannot race another close: on SQLite a `BEGIN IMMEDIATE` (or the
+/// store's writer, which is one), on PostgreSQL any transaction (the close
+/// takes a transaction-scoped advisory lock first, since closes there may
+/// run from several hosts).
+pub fn close(conn: &dyn Conn, period: &str, tz: &str, now_ms: i64) -> Result<Close, PeriodError> {
+    if conn.dialect() == Dialect::Postgres {
+        // The lock function returns void: the row is not read.
+        conn.query_each(
+            &format!("SELECT pg_advisory_xact_lock({CLOSE_LOCK})"),
+            &[],
+            &mut |_| Ok(false),
+        )?;
     }
-    conn.execute_batch("BEGIN IMMEDIATE")?;
-    let result = close_in_tx(conn, period, tz, now_ms);
-    let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
-    conn.execute_batch(end)?;
-    result
-}
-
-fn close_in_tx(
-    conn: &Connection,
-    period: &str,
-    tz: &str,
-    now_ms: i64,
-) -> Result<Close, PeriodError> {
     let span = span(period, tz)?;
     let name = span.month.to_string();
     if let Some(done) = periods::period(conn, &name)? {
@@ -265,7 +262,7 @@ fn close_in_tx(
 }
 
 /// The bounds of a closed period (in the zone it was closed in).
-pub fn bounds(conn: &Connection, period: &str) -> Result<(PeriodBounds, Span), PeriodError> {
+pub fn bounds(conn: &dyn Conn, period: &str) -> Result<(PeriodBounds, Span), PeriodError> {
     let month = Month::parse(period)?;
     let close = periods::period(conn, &month.to_string())?
         .ok_or_else(|| PeriodError::NotClosed(month.to_string()))?;

@@ -131,7 +131,7 @@ impl QuotaService for QuotaApi {
             }
             Caller::Operator(_) => (asked, true),
         };
-        let r = self.quotas.report(&partner);
+        let r = self.quotas.report_async(&partner).await;
         let config = operator.then(|| {
             let s = self.reload.get();
             pb::ConfigStatus {

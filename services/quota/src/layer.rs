@@ -7,9 +7,9 @@ use std::{
     task::{Context, Poll},
 };
 
-use crossflow_api::Caller;
+use crossflow_api::{Caller, Problem};
 use crossflow_settings::QuotaClass;
-use futures_util::future::{Either, Ready, ready};
+use futures_util::future::{BoxFuture, Either, Ready, ready};
 use tower::{Layer, Service};
 
 use crate::Quotas;
@@ -66,32 +66,61 @@ pub struct QuotaGate<S> {
 
 impl<S, B> Service<http::Request<B>> for QuotaGate<S>
 where
-    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
-    type Future = Either<S::Future, Ready<Result<Self::Response, S::Error>>>;
+    /// Local quotas decide synchronously (no allocation); Redis-backed ones
+    /// need a round trip first, so the call waits in a boxed future.
+    type Future = Either<
+        Either<S::Future, Ready<Result<Self::Response, S::Error>>>,
+        BoxFuture<'static, Result<Self::Response, S::Error>>,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        if let Some(quotas) = &self.quotas
-            && let Some(Caller::Partner(partner)) = req.extensions().get::<Caller>()
-            && let Some(class) = class_of(req.uri().path())
-            && let Err(p) = quotas.admit(partner, class)
-        {
-            if let Some(q) = p.quota.first() {
-                tracing::Span::current().record("quota", q.subject.as_str());
+        let limited = match (&self.quotas, req.extensions().get::<Caller>()) {
+            (Some(quotas), Some(Caller::Partner(partner))) => {
+                class_of(req.uri().path()).map(|class| (quotas.clone(), partner.clone(), class))
             }
-            tracing::debug!(
-                path = req.uri().path(),
-                reason = p.reason,
-                "refused by quota"
-            );
-            return Either::Right(ready(Ok(p.into_status().into_http())));
+            _ => None,
+        };
+        let Some((quotas, partner, class)) = limited else {
+            return Either::Left(Either::Left(self.inner.call(req)));
+        };
+        if !quotas.is_shared() {
+            return match quotas.admit(&partner, class) {
+                Ok(()) => Either::Left(Either::Left(self.inner.call(req))),
+                Err(p) => Either::Left(Either::Right(ready(Ok(refused(p, req.uri().path()))))),
+            };
         }
-        Either::Left(self.inner.call(req))
+        // The service that was polled ready goes into the future; a clone
+        // stays for the next poll_ready (tower's usual pattern).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let span = tracing::Span::current();
+        Either::Right(Box::pin(async move {
+            match quotas.admit_async(&partner, class).await {
+                Ok(()) => inner.call(req).await,
+                Err(p) => Ok(span.in_scope(|| refused(p, req.uri().path()))),
+            }
+        }))
     }
+}
+
+/// The response to a call a quota refused.
+fn refused(p: Problem, path: &str) -> http::Response<tonic::body::Body> {
+    if let Some(q) = p.quota.first() {
+        tracing::Span::current().record("quota", q.subject.as_str());
+    }
+    tracing::debug!(path, reason = p.reason, "refused by quota");
+    p.into_status().into_http()
 }

@@ -12,12 +12,12 @@ use super::*;
 /// local midnight.
 const T0_MS: i64 = 1_773_154_800_000;
 
-struct Fixture {
+pub(crate) struct Fixture {
     dir: tempfile::TempDir,
 }
 
 impl Fixture {
-    fn new() -> Fixture {
+    pub(crate) fn new() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         for f in ["ca.crt", "gw.crt", "gw.key"] {
             std::fs::write(dir.path().join(f), "x").unwrap();
@@ -25,7 +25,7 @@ impl Fixture {
         Fixture { dir }
     }
 
-    fn settings(&self, body: &str) -> Settings {
+    pub(crate) fn settings(&self, body: &str) -> Settings {
         let text = format!(
             r#"[gateway]
 federation = "crossflow.test"
@@ -40,7 +40,14 @@ key = "gw.key"
     }
 }
 
-fn body(rate: u32, burst: u32, cap: &str, shadow: bool, flow: &str, imbalance: &str) -> String {
+pub(crate) fn body(
+    rate: u32,
+    burst: u32,
+    cap: &str,
+    shadow: bool,
+    flow: &str,
+    imbalance: &str,
+) -> String {
     format!(
         r#"
 [[partners]]

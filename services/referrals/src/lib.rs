@@ -131,7 +131,7 @@ impl ReferralError {
                 Problem::new(Kind::PermissionDenied, "NOT_A_PARTY", msg).with("referral_id", id)
             }
             E::Quota(p) => p.clone(),
-            E::Store(e) => Problem::internal(e),
+            E::Store(e) => Problem::storage(e, e.is_unavailable()),
         }
     }
 }

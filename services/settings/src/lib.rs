@@ -8,6 +8,7 @@
 //! every file exists, and the lookups below never need to re-check.
 #![forbid(unsafe_code)]
 
+mod backends;
 pub mod raw;
 mod tags;
 mod validate;
@@ -19,7 +20,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
-pub use raw::{AttributionModel, Boost, Commission, Fraud, QuotaClass, RateQuota};
+pub use backends::{QuotaBackend, StoreBackend, redact_url, url_host};
+pub use raw::{AttributionModel, Boost, Commission, Fraud, OnUnavailable, QuotaClass, RateQuota};
 pub use tags::{TagSettings, TagValues};
 pub use validate::valid_category;
 
@@ -97,6 +99,10 @@ pub struct Gateway {
     pub key_dir: PathBuf,
     pub timezone: String,
     pub tls: Tls,
+    /// `[gateway.store]`, its URL resolved.
+    pub store: StoreBackend,
+    /// `[gateway.quotas]`, its URL resolved.
+    pub quotas: QuotaBackend,
 }
 
 /// TLS file paths, resolved.
@@ -132,6 +138,16 @@ impl Settings {
     /// Parses and validates TOML text as if read from `path` (relative paths
     /// inside it resolve against `path`'s directory).
     pub fn from_toml(text: &str, path: &Path) -> Result<Settings, ConfigErrors> {
+        Settings::from_toml_with_env(text, path, &|name| std::env::var(name).ok())
+    }
+
+    /// [`Settings::from_toml`] with `env` looking up the variables that
+    /// `url_env` keys name.
+    pub fn from_toml_with_env(
+        text: &str,
+        path: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Settings, ConfigErrors> {
         let fail = |errors| ConfigErrors {
             file: path.to_path_buf(),
             errors,
@@ -147,7 +163,7 @@ impl Settings {
             }])
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        validate::validate(raw, path, base).map_err(fail)
+        validate::validate(raw, path, base, env).map_err(fail)
     }
 
     /// The flow that allows referrals `from` -> `to`, if any agreement has one.

@@ -127,6 +127,59 @@ pub struct GatewayConfig {
     #[serde(default = "default_timezone")]
     pub timezone: String,
     pub tls: TlsConfig,
+    /// Where durable state lives (default: the embedded SQLite store).
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// Where quota state lives (default: this process's memory).
+    #[serde(default)]
+    pub quotas: QuotasConfig,
+}
+
+/// `[gateway.store]`. Needs a restart to change.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite` (default: the embedded store in `data_dir`) or `postgres`.
+    #[serde(default = "default_store_backend")]
+    pub backend: String,
+    /// PostgreSQL connection URL, `postgresql://user@host:port/db`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Name of an environment variable holding the URL instead (so the
+    /// password need not be in this file).
+    #[serde(default)]
+    pub url_env: Option<String>,
+}
+
+/// `[gateway.quotas]`. Needs a restart to change.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotasConfig {
+    /// `local` (default: this process's memory) or `redis`.
+    #[serde(default = "default_quota_backend")]
+    pub backend: String,
+    /// Redis URL, `redis://host:port/db` (or `rediss://` for TLS).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Name of an environment variable holding the URL instead.
+    #[serde(default)]
+    pub url_env: Option<String>,
+    /// What a replica does when Redis cannot be reached (redis only).
+    #[serde(default)]
+    pub on_unavailable: Option<OnUnavailable>,
+}
+
+/// What a replica does with a rate-limited call while Redis is out of
+/// reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnUnavailable {
+    /// Falls back to this replica's own limiter (and says so in health and
+    /// metrics).
+    #[default]
+    Allow,
+    /// Refuses the call with `UNAVAILABLE` and a retry hint.
+    Deny,
 }
 
 /// `[gateway.tls]`: PEM files; relative paths resolve against the config
@@ -365,6 +418,33 @@ fn default_tag_namespaces() -> Vec<TagNamespace> {
     }]
 }
 
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            backend: default_store_backend(),
+            url: None,
+            url_env: None,
+        }
+    }
+}
+
+impl Default for QuotasConfig {
+    fn default() -> Self {
+        QuotasConfig {
+            backend: default_quota_backend(),
+            url: None,
+            url_env: None,
+            on_unavailable: None,
+        }
+    }
+}
+
+pub fn default_store_backend() -> String {
+    "sqlite".into()
+}
+pub fn default_quota_backend() -> String {
+    "local".into()
+}
 fn default_listen() -> String {
     "127.0.0.1:7443".to_owned()
 }

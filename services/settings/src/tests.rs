@@ -319,6 +319,20 @@ fn schema_fields() -> Vec<String> {
         format!("{BASE}\n[[tags.namespaces]]\nname = \"x\"\nzz = 1\n"),
         format!("{BASE}\n[ledger]\nzz = 1\n"),
         format!("{BASE}\n[telemetry]\nzz = 1\n"),
+        edit(
+            BASE,
+            &[(
+                "[gateway.tls]\n",
+                "[gateway.store]\nzz = 1\n[gateway.tls]\n",
+            )],
+        ),
+        edit(
+            BASE,
+            &[(
+                "[gateway.tls]\n",
+                "[gateway.quotas]\nzz = 1\n[gateway.tls]\n",
+            )],
+        ),
     ];
     let mut fields = Vec::new();
     for text in tables {
@@ -346,7 +360,10 @@ fn example_and_reference_show_every_field() {
     let fields = schema_fields();
     assert!(fields.len() > 30, "{fields:?}");
     for f in &fields {
+        // A field the example cannot set with its defaults (a PostgreSQL
+        // URL, say) is shown commented out: `# url = ...`.
         let in_example = EXAMPLE.contains(&format!("\n{f} ="))
+            || EXAMPLE.contains(&format!("\n# {f} ="))
             || EXAMPLE.contains(&format!("[{f}]"))
             || EXAMPLE.contains(&format!(".{f}]"))
             || EXAMPLE.contains(&format!(".{f}."));
@@ -1081,4 +1098,271 @@ fn all_errors_are_reported_at_once() {
         assert_eq!(lines.next(), Some(format!("  {file}: {w}").as_str()));
     }
     assert_eq!(lines.next(), None);
+}
+
+// === [gateway.store] and [gateway.quotas] ===
+
+/// BASE with `table` (e.g. `[gateway.store]\nbackend = ...`) before
+/// `[gateway.tls]`.
+fn with_gateway_table(table: &str) -> String {
+    edit(
+        BASE,
+        &[("[gateway.tls]\n", &format!("{table}\n[gateway.tls]\n"))],
+    )
+}
+
+fn parse_with_env(text: &str, var: &str, value: Option<&str>) -> Result<Settings, ConfigErrors> {
+    let dir = Dir::new();
+    let env = |name: &str| (name == var).then(|| value.map(str::to_owned)).flatten();
+    Settings::from_toml_with_env(text, &dir.file(), &env)
+}
+
+#[test]
+fn the_store_and_quotas_default_to_the_embedded_ones() {
+    let s = valid(BASE);
+    assert_eq!(s.gateway.store, StoreBackend::Sqlite);
+    assert_eq!(s.gateway.quotas, QuotaBackend::Local);
+}
+
+#[test]
+fn postgres_and_redis_take_a_url_or_an_environment_variable() {
+    let s = valid(&with_gateway_table(
+        "[gateway.store]\nbackend = \"postgres\"\nurl = \"postgresql://ops@db:5432/fed\"\n\
+         [gateway.quotas]\nbackend = \"redis\"\nurl = \"redis://cache:6379/0\"\non_unavailable = \"deny\"",
+    ));
+    assert_eq!(
+        s.gateway.store,
+        StoreBackend::Postgres {
+            url: "postgresql://ops@db:5432/fed".into()
+        }
+    );
+    assert_eq!(
+        s.gateway.quotas,
+        QuotaBackend::Redis {
+            url: "redis://cache:6379/0".into(),
+            on_unavailable: OnUnavailable::Deny
+        }
+    );
+    let text =
+        with_gateway_table("[gateway.store]\nbackend = \"postgres\"\nurl_env = \"CROSSFLOW_DB\"");
+    let s = parse_with_env(
+        &text,
+        "CROSSFLOW_DB",
+        Some("postgresql://ops:s3cret@db/fed"),
+    )
+    .unwrap();
+    let StoreBackend::Postgres { url } = &s.gateway.store else {
+        panic!("{:?}", s.gateway.store)
+    };
+    assert_eq!(url, "postgresql://ops:s3cret@db/fed");
+    // Debug output (logs, panics) never shows the password.
+    let shown = format!("{:?}", s.gateway);
+    assert!(
+        !shown.contains("s3cret") && shown.contains("ops:***@db"),
+        "{shown}"
+    );
+    let unset = parse_with_env(&text, "CROSSFLOW_DB", None).unwrap_err();
+    assert_eq!(
+        unset.errors[0].to_string(),
+        "gateway.store.url_env names the environment variable \"CROSSFLOW_DB\", which is not set"
+    );
+}
+
+#[test]
+fn every_backend_error_names_its_key_and_never_a_password() {
+    let all = errors(&with_gateway_table(
+        "[gateway.store]\nbackend = \"mysql\"\n[gateway.quotas]\nbackend = \"memcached\"",
+    ));
+    assert_eq!(
+        all,
+        [
+            "gateway.store.backend must be \"sqlite\" or \"postgres\", got \"mysql\"",
+            "gateway.quotas.backend must be \"local\" or \"redis\", got \"memcached\"",
+        ]
+    );
+    assert_eq!(
+        error(&with_gateway_table(
+            "[gateway.store]\nbackend = \"postgres\""
+        )),
+        "gateway.store.url must be set (or url_env, naming an environment variable that holds it)"
+    );
+    assert_eq!(
+        error(&with_gateway_table(
+            "[gateway.store]\nbackend = \"postgres\"\nurl = \"mysql://ops:s3cret@db/fed\""
+        )),
+        "gateway.store.url must start with postgresql:// or postgres://, got \"mysql://ops:***@db/fed\""
+    );
+    assert_eq!(
+        error(&with_gateway_table(
+            "[gateway.store]\nbackend = \"postgres\"\nurl = \"postgresql://a@b/c\"\nurl_env = \"X\""
+        )),
+        "gateway.store.url give url or url_env, not both"
+    );
+    assert_eq!(
+        error(&with_gateway_table(
+            "[gateway.store]\nurl = \"postgresql://a@b/c\""
+        )),
+        "gateway.store.url is for backend = \"postgres\"; the sqlite store lives in gateway.data_dir"
+    );
+    assert_eq!(
+        error(&with_gateway_table(
+            "[gateway.quotas]\non_unavailable = \"deny\""
+        )),
+        "gateway.quotas.on_unavailable is for backend = \"redis\""
+    );
+    assert_eq!(
+        error(&with_gateway_table(
+            "[gateway.quotas]\nbackend = \"redis\"\nurl = \"redis://:pw@cache:port/0\""
+        )),
+        "gateway.quotas.url has a bad port \"port\" in \"redis://:***@cache:port/0\""
+    );
+    assert!(
+        error(&with_gateway_table(
+            "[gateway.quotas]\nbackend = \"redis\"\nurl = \"redis://c\"\non_unavailable = \"maybe\""
+        ))
+        .contains("unknown variant `maybe`")
+    );
+}
+
+/// The errors of `text` with `var` set to `value` in the environment.
+fn env_errors(text: &str, var: &str, value: Option<&str>) -> Vec<String> {
+    match parse_with_env(text, var, value) {
+        Ok(_) => panic!("expected errors, the file was accepted:\n{text}"),
+        Err(e) => e.errors.iter().map(ToString::to_string).collect(),
+    }
+}
+
+#[test]
+fn redis_takes_its_url_from_the_environment_and_defaults_to_allow() {
+    let text = with_gateway_table(
+        "[gateway.quotas]\nbackend = \"redis\"\nurl_env = \"CROSSFLOW_TEST_QUOTA_URL_1\"",
+    );
+    let s = parse_with_env(
+        &text,
+        "CROSSFLOW_TEST_QUOTA_URL_1",
+        Some("rediss://default:hunter2@cache.internal:6380/2"),
+    )
+    .unwrap();
+    assert_eq!(
+        s.gateway.quotas,
+        QuotaBackend::Redis {
+            url: "rediss://default:hunter2@cache.internal:6380/2".into(),
+            on_unavailable: OnUnavailable::Allow,
+        }
+    );
+    let shown = format!("{:?}", s.gateway.quotas);
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(shown.contains("default:***@cache.internal:6380"), "{shown}");
+    // valkey:// is a Redis-protocol URL too.
+    let s = valid(&with_gateway_table(
+        "[gateway.quotas]\nbackend = \"redis\"\nurl = \"valkey://cache:6379\"\non_unavailable = \"allow\"",
+    ));
+    assert!(matches!(s.gateway.quotas, QuotaBackend::Redis { .. }));
+}
+
+#[test]
+fn an_empty_or_missing_variable_names_the_key_and_the_variable() {
+    let text = with_gateway_table(
+        "[gateway.store]\nbackend = \"postgres\"\nurl_env = \"CROSSFLOW_TEST_DB_URL_2\"\n\
+         [gateway.quotas]\nbackend = \"redis\"\nurl_env = \"CROSSFLOW_TEST_REDIS_URL_2\"",
+    );
+    // Only the store's variable is known, and it is empty.
+    assert_eq!(
+        env_errors(&text, "CROSSFLOW_TEST_DB_URL_2", Some("")),
+        [
+            "gateway.store.url_env names the environment variable \"CROSSFLOW_TEST_DB_URL_2\", which is empty",
+            "gateway.quotas.url_env names the environment variable \"CROSSFLOW_TEST_REDIS_URL_2\", which is not set",
+        ]
+    );
+}
+
+#[test]
+fn a_bad_url_from_the_environment_is_reported_under_url_env_without_its_password() {
+    let text = with_gateway_table(
+        "[gateway.store]\nbackend = \"postgres\"\nurl_env = \"CROSSFLOW_TEST_DB_URL_3\"",
+    );
+    assert_eq!(
+        env_errors(
+            &text,
+            "CROSSFLOW_TEST_DB_URL_3",
+            Some("redis://ops:pa55word@db:5432/fed")
+        ),
+        [
+            "gateway.store.url_env must start with postgresql:// or postgres://, got \"redis://ops:***@db:5432/fed\""
+        ]
+    );
+    let text = with_gateway_table(
+        "[gateway.quotas]\nbackend = \"redis\"\nurl_env = \"CROSSFLOW_TEST_REDIS_URL_3\"",
+    );
+    assert_eq!(
+        env_errors(
+            &text,
+            "CROSSFLOW_TEST_REDIS_URL_3",
+            Some("postgresql://ops:pa55word@cache/0")
+        ),
+        [
+            "gateway.quotas.url_env must start with redis:// or rediss:// or valkey:// or valkeys://, got \"postgresql://ops:***@cache/0\""
+        ]
+    );
+}
+
+#[test]
+fn every_other_backend_rule_names_its_key() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "[gateway.store]\nbackend = \"postgres\"\nurl = \"postgresql://ops:pw@/fed\"",
+            "gateway.store.url must name a host, got \"postgresql://ops:***@/fed\"",
+        ),
+        (
+            "[gateway.store]\nbackend = \"postgres\"\nurl = \"db.internal:5432\"",
+            "gateway.store.url must be a URL like postgresql://host:port/..., got \"db.internal:5432\"",
+        ),
+        (
+            "[gateway.store]\nurl_env = \"CROSSFLOW_DB\"",
+            "gateway.store.url_env is for backend = \"postgres\"; the sqlite store lives in gateway.data_dir",
+        ),
+        (
+            "[gateway.quotas]\nbackend = \"redis\"",
+            "gateway.quotas.url must be set (or url_env, naming an environment variable that holds it)",
+        ),
+        (
+            "[gateway.quotas]\nbackend = \"redis\"\nurl = \"redis://c:6379\"\nurl_env = \"X\"",
+            "gateway.quotas.url give url or url_env, not both",
+        ),
+        (
+            "[gateway.quotas]\nbackend = \"redis\"\nurl = \"memcache://c:11211\"",
+            "gateway.quotas.url must start with redis:// or rediss:// or valkey:// or valkeys://, got \"memcache://c:11211\"",
+        ),
+        (
+            "[gateway.quotas]\nurl = \"redis://c:6379\"",
+            "gateway.quotas.url is for backend = \"redis\"",
+        ),
+        (
+            "[gateway.quotas]\nurl_env = \"CROSSFLOW_REDIS\"",
+            "gateway.quotas.url_env is for backend = \"redis\"",
+        ),
+    ];
+    for (table, want) in cases {
+        assert_eq!(error(&with_gateway_table(table)), *want, "{table}");
+    }
+    // Unknown keys stop at the parse, with the line.
+    assert!(
+        error(&with_gateway_table("[gateway.store]\npassword = \"x\""))
+            .contains("unknown field `password`")
+    );
+}
+
+#[test]
+fn backend_errors_come_in_file_order_after_the_rest_of_the_gateway() {
+    let text = edit(
+        &with_gateway_table("[gateway.store]\nbackend = \"mysql\""),
+        &[(
+            "federation = \"crossflow.example\"",
+            "federation = \"Crossflow\"",
+        )],
+    );
+    let all = errors(&text);
+    assert_eq!(all.len(), 2, "{all:#?}");
+    assert!(all[0].starts_with("gateway.federation "), "{all:#?}");
+    assert!(all[1].starts_with("gateway.store.backend "), "{all:#?}");
 }

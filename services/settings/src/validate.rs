@@ -8,7 +8,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::{ConfigError, Gateway, Settings, Tls, is_valid_slug, raw};
+use crate::{
+    ConfigError, Gateway, QuotaBackend, Settings, StoreBackend, Tls, backends, is_valid_slug, raw,
+};
 
 /// Upper bound for every rate: 10000 bps is 100 %.
 const MAX_BPS: u32 = 10_000;
@@ -55,9 +57,10 @@ pub(crate) fn validate(
     raw: raw::Config,
     file: &Path,
     base: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Settings, Vec<ConfigError>> {
     let mut e = Errors::default();
-    let gateway = gateway(&raw.gateway, base, &mut e);
+    let gateway = gateway(&raw.gateway, base, env, &mut e);
 
     let mut partners = BTreeMap::new();
     for (i, p) in raw.partners.iter().enumerate() {
@@ -433,7 +436,138 @@ fn class_name(c: raw::QuotaClass) -> &'static str {
     }
 }
 
-fn gateway(g: &raw::GatewayConfig, base: &Path, e: &mut Errors) -> Option<Gateway> {
+/// The URL a backend's `url` or `url_env` gives, checked against
+/// `schemes`; `None` after pushing the problem.
+fn backend_url(
+    key: &str,
+    url: Option<&String>,
+    url_env: Option<&String>,
+    schemes: &[&str],
+    env: &dyn Fn(&str) -> Option<String>,
+    e: &mut Errors,
+) -> Option<String> {
+    let (url, url_key) = match (url, url_env) {
+        (Some(_), Some(_)) => {
+            e.push(format!("{key}.url"), "give url or url_env, not both");
+            return None;
+        }
+        (None, None) => {
+            e.push(
+                format!("{key}.url"),
+                "must be set (or url_env, naming an environment variable that holds it)",
+            );
+            return None;
+        }
+        (Some(url), None) => (url.clone(), format!("{key}.url")),
+        // Read at load time, so a reload check sees a changed variable and
+        // the secret never has to be in the file.
+        (None, Some(var)) => match env(var) {
+            Some(url) if !url.is_empty() => (url, format!("{key}.url_env")),
+            found => {
+                let why = if found.is_some() {
+                    "is empty"
+                } else {
+                    "is not set"
+                };
+                e.push(
+                    format!("{key}.url_env"),
+                    format!("names the environment variable {var:?}, which {why}"),
+                );
+                return None;
+            }
+        },
+    };
+    match backends::check_url(&url, schemes) {
+        Some(problem) => {
+            e.push(url_key, problem);
+            None
+        }
+        None => Some(url),
+    }
+}
+
+fn store(
+    s: &raw::StoreConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+    e: &mut Errors,
+) -> Option<StoreBackend> {
+    match s.backend.as_str() {
+        "sqlite" => {
+            for (k, set) in [("url", s.url.is_some()), ("url_env", s.url_env.is_some())] {
+                if set {
+                    e.push(
+                        format!("gateway.store.{k}"),
+                        "is for backend = \"postgres\"; the sqlite store lives in gateway.data_dir",
+                    );
+                }
+            }
+            Some(StoreBackend::Sqlite)
+        }
+        "postgres" => backend_url(
+            "gateway.store",
+            s.url.as_ref(),
+            s.url_env.as_ref(),
+            &["postgresql", "postgres"],
+            env,
+            e,
+        )
+        .map(|url| StoreBackend::Postgres { url }),
+        other => {
+            e.push(
+                "gateway.store.backend",
+                format!("must be \"sqlite\" or \"postgres\", got {}", quoted(other)),
+            );
+            None
+        }
+    }
+}
+
+fn quotas(
+    q: &raw::QuotasConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+    e: &mut Errors,
+) -> Option<QuotaBackend> {
+    match q.backend.as_str() {
+        "local" => {
+            for (k, set) in [
+                ("url", q.url.is_some()),
+                ("url_env", q.url_env.is_some()),
+                ("on_unavailable", q.on_unavailable.is_some()),
+            ] {
+                if set {
+                    e.push(format!("gateway.quotas.{k}"), "is for backend = \"redis\"");
+                }
+            }
+            Some(QuotaBackend::Local)
+        }
+        "redis" => backend_url(
+            "gateway.quotas",
+            q.url.as_ref(),
+            q.url_env.as_ref(),
+            &["redis", "rediss", "valkey", "valkeys"],
+            env,
+            e,
+        )
+        .map(|url| QuotaBackend::Redis {
+            url,
+            on_unavailable: q.on_unavailable.unwrap_or_default(),
+        }),
+        other => {
+            e.push(
+                "gateway.quotas.backend",
+                format!("must be \"local\" or \"redis\", got {}", quoted(other)),
+            );
+            None
+        }
+    }
+}
+
+fn gateway(
+    g: &raw::GatewayConfig,
+    base: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    e: &mut Errors,
+) -> Option<Gateway> {
     let before = e.0.len();
     let fed_ok = !g.federation.is_empty()
         && g.federation.len() <= 253
@@ -491,6 +625,10 @@ fn gateway(g: &raw::GatewayConfig, base: &Path, e: &mut Errors) -> Option<Gatewa
         cert: file("gateway.tls.cert", &g.tls.cert),
         key: file("gateway.tls.key", &g.tls.key),
     };
+    // After [gateway.tls], as the tables come in a file (errors are in file
+    // order).
+    let store = store(&g.store, env, e);
+    let quotas = quotas(&g.quotas, env, e);
     if e.0.len() != before {
         return None;
     }
@@ -501,5 +639,7 @@ fn gateway(g: &raw::GatewayConfig, base: &Path, e: &mut Errors) -> Option<Gatewa
         key_dir: base.join(&g.key_dir),
         timezone: g.timezone.clone(),
         tls,
+        store: store?,
+        quotas: quotas?,
     })
 }

@@ -1,14 +1,19 @@
 //! Conversions: orders reported by partners, their lifecycle, and where each
 //! of their ledger entries landed.
 //!
-//! These are plain functions on a [`Connection`] rather than a trait with its
-//! own `db.write`: a conversion row must commit or roll back together with
-//! its ledger entry, so the conversions service calls them inside the same
-//! write closure as `ledger::append`.
+//! These are plain functions on a [`Conn`] rather than a trait with its own
+//! `write`: a conversion row must commit or roll back together with its
+//! ledger entry, so the conversions service calls them inside the same
+//! write closure (of whichever [`Database`] it runs on) as
+//! `ledger::append`. [`ConversionStore`] is the read side outside a write.
 
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use std::future::Future;
 
-use crate::{Migration, Sqlite, StoreError, blob, opt_blob};
+use crate::{
+    Database, Migration, StoreError,
+    sql::{Conn, ConnExt, Row, RowExt, blob, opt_blob, to_i64},
+    values,
+};
 
 pub(crate) const MIGRATION: Migration = Migration {
     name: "0004_conversions",
@@ -118,8 +123,18 @@ pub struct UpdateRecord {
     pub recorded_at_ms: i64,
 }
 
-// Literal SQL (not format!): prepare_cached hashes the text on every call,
-// and these run on the writer for every report.
+/// Reads of conversions outside a write.
+pub trait ConversionStore: Send + Sync + 'static {
+    /// [`latest_entry_index`] on a reader.
+    fn latest_conversion_entry(
+        &self,
+        reporter: &str,
+        order_id: &str,
+    ) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
+}
+
+// Literal SQL (not format!): the statement caches hash the text on every
+// call, and these run on the writer for every report.
 macro_rules! columns {
     () => {
         "conversion_id, reporter, order_id, buyer_uid, amount_minor, currency, category, \
@@ -162,50 +177,53 @@ const SELECT_UPDATES: &str = concat!(
 );
 
 /// Inserts a new conversion. Fails on a duplicate (reporter, order_id).
-pub fn insert(conn: &Connection, c: &ConversionRecord) -> Result<(), StoreError> {
-    conn.prepare_cached(INSERT)?.execute(params![
-        &c.conversion_id[..],
-        c.reporter,
-        c.order_id,
-        &c.buyer_uid[..],
-        c.amount_minor,
-        c.currency,
-        c.category,
-        c.occurred_at_ms,
-        c.referral_id.as_ref().map(|r| &r[..]),
-        c.recorded_at_ms,
-        c.status,
-        c.model,
-        c.touches,
-        c.commission_minor,
-        encode_payouts(&c.payouts),
-        c.refunded_minor,
-        c.held,
-        c.hold_reason,
-        c.confirmed_at_ms,
-        to_i64(c.report_index)?,
-        &c.report_leaf[..],
-        to_i64(c.latest_index)?,
-    ])?;
+pub fn insert(conn: &dyn Conn, c: &ConversionRecord) -> Result<(), StoreError> {
+    let payouts = encode_payouts(&c.payouts);
+    conn.execute(
+        INSERT,
+        values![
+            &c.conversion_id,
+            &c.reporter,
+            &c.order_id,
+            &c.buyer_uid,
+            c.amount_minor,
+            &c.currency,
+            &c.category,
+            c.occurred_at_ms,
+            c.referral_id.as_ref(),
+            c.recorded_at_ms,
+            &c.status,
+            &c.model,
+            c.touches,
+            c.commission_minor,
+            &payouts,
+            c.refunded_minor,
+            c.held,
+            &c.hold_reason,
+            c.confirmed_at_ms,
+            to_i64(c.report_index)?,
+            &c.report_leaf,
+            to_i64(c.latest_index)?,
+        ],
+    )?;
     Ok(())
 }
 
 /// Writes the mutable state of a conversion (status, refunds, hold, latest
 /// entry) back.
-pub fn update_state(conn: &Connection, c: &ConversionRecord) -> Result<(), StoreError> {
-    let n = conn
-        .prepare_cached(
-            "UPDATE conversions SET status = ?2, refunded_minor = ?3, held = ?4, \
-             confirmed_at_ms = ?5, latest_index = ?6 WHERE conversion_id = ?1",
-        )?
-        .execute(params![
-            &c.conversion_id[..],
-            c.status,
+pub fn update_state(conn: &dyn Conn, c: &ConversionRecord) -> Result<(), StoreError> {
+    let n = conn.execute(
+        "UPDATE conversions SET status = ?2, refunded_minor = ?3, held = ?4, \
+         confirmed_at_ms = ?5, latest_index = ?6 WHERE conversion_id = ?1",
+        values![
+            &c.conversion_id,
+            &c.status,
             c.refunded_minor,
             c.held,
             c.confirmed_at_ms,
             to_i64(c.latest_index)?,
-        ])?;
+        ],
+    )?;
     if n != 1 {
         return Err(StoreError::Corrupt(format!(
             "conversion {} vanished during an update",
@@ -216,140 +234,124 @@ pub fn update_state(conn: &Connection, c: &ConversionRecord) -> Result<(), Store
 }
 
 /// A conversion by id.
-pub fn select(conn: &Connection, id: &[u8; 16]) -> Result<Option<ConversionRecord>, StoreError> {
-    conn.prepare_cached(SELECT_BY_ID)?
-        .query_row([&id[..]], |r| Ok(from_row(r)))
-        .optional()?
-        .transpose()
+pub fn select(conn: &dyn Conn, id: &[u8; 16]) -> Result<Option<ConversionRecord>, StoreError> {
+    conn.query_opt(SELECT_BY_ID, values![id], from_row)
 }
 
 /// A conversion by its reporter's order id.
 pub fn select_by_order(
-    conn: &Connection,
+    conn: &dyn Conn,
     reporter: &str,
     order_id: &str,
 ) -> Result<Option<ConversionRecord>, StoreError> {
-    conn.prepare_cached(SELECT_BY_ORDER)?
-        .query_row([reporter, order_id], |r| Ok(from_row(r)))
-        .optional()?
-        .transpose()
+    conn.query_opt(SELECT_BY_ORDER, values![reporter, order_id], from_row)
 }
 
 /// The ledger index of the latest entry about (reporter, order_id): the
 /// report, or its latest update. For receipts by order id.
 pub fn latest_entry_index(
-    conn: &Connection,
+    conn: &dyn Conn,
     reporter: &str,
     order_id: &str,
 ) -> Result<Option<u64>, StoreError> {
-    let v: Option<i64> = conn
-        .prepare_cached(
-            "SELECT latest_index FROM conversions WHERE reporter = ?1 AND order_id = ?2",
-        )?
-        .query_row([reporter, order_id], |r| r.get(0))
-        .optional()?;
-    v.map(to_u64).transpose()
+    conn.query_opt(
+        "SELECT latest_index FROM conversions WHERE reporter = ?1 AND order_id = ?2",
+        values![reporter, order_id],
+        |r| r.uint(0),
+    )
 }
 
 /// Records an update; `seq` must be the next one (see [`updates`]).
-pub fn insert_update(conn: &Connection, u: &UpdateRecord) -> Result<(), StoreError> {
-    conn.prepare_cached(INSERT_UPDATE)?.execute(params![
-        &u.conversion_id[..],
-        u.seq,
-        u.event,
-        u.request_id,
-        u.refund_minor,
-        to_i64(u.entry_index)?,
-        &u.leaf_hash[..],
-        u.recorded_at_ms,
-    ])?;
+pub fn insert_update(conn: &dyn Conn, u: &UpdateRecord) -> Result<(), StoreError> {
+    conn.execute(
+        INSERT_UPDATE,
+        values![
+            &u.conversion_id,
+            u.seq,
+            &u.event,
+            &u.request_id,
+            u.refund_minor,
+            to_i64(u.entry_index)?,
+            &u.leaf_hash,
+            u.recorded_at_ms,
+        ],
+    )?;
     Ok(())
 }
 
 /// Every update of a conversion, oldest first.
-pub fn updates(conn: &Connection, id: &[u8; 16]) -> Result<Vec<UpdateRecord>, StoreError> {
-    let mut stmt = conn.prepare_cached(SELECT_UPDATES)?;
-    let rows = stmt.query_map([&id[..]], |r| Ok(update_from_row(r)))?;
-    let mut out = Vec::new();
-    for r in rows {
-        out.push(r??);
-    }
-    Ok(out)
+pub fn updates(conn: &dyn Conn, id: &[u8; 16]) -> Result<Vec<UpdateRecord>, StoreError> {
+    conn.query_vec(SELECT_UPDATES, values![id], update_from_row)
 }
 
 /// How many landings of `dest_uid` at `to_partner` were redeemed in
 /// `[from_ms, to_ms]`. For the landing-velocity fraud rule.
 pub fn count_landings(
-    conn: &Connection,
+    conn: &dyn Conn,
     to_partner: &str,
     dest_uid: &[u8; 32],
     from_ms: i64,
     to_ms: i64,
 ) -> Result<u64, StoreError> {
-    let n: i64 = conn
-        .prepare_cached(
-            "SELECT COUNT(*) FROM landings WHERE to_partner = ?1 AND dest_uid = ?2 \
-             AND redeemed_at_ms >= ?3 AND redeemed_at_ms <= ?4",
-        )?
-        .query_row(params![to_partner, &dest_uid[..], from_ms, to_ms], |r| {
-            r.get(0)
-        })?;
-    to_u64(n)
+    let n = conn.query_int(
+        "SELECT COUNT(*) FROM landings WHERE to_partner = ?1 AND dest_uid = ?2 \
+         AND redeemed_at_ms >= ?3 AND redeemed_at_ms <= ?4",
+        values![to_partner, dest_uid, from_ms, to_ms],
+    )?;
+    u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("negative count {n}")))
 }
 
-// === impl Sqlite ===
+// === impl Database ===
 
-impl Sqlite {
-    /// [`latest_entry_index`] on a reader.
-    pub async fn latest_conversion_entry(
+impl<D: Database> ConversionStore for D {
+    async fn latest_conversion_entry(
         &self,
         reporter: &str,
         order_id: &str,
     ) -> Result<Option<u64>, StoreError> {
         let (reporter, order_id) = (reporter.to_owned(), order_id.to_owned());
-        self.db
-            .read(move |conn| latest_entry_index(conn, &reporter, &order_id))
+        self.read(move |conn| latest_entry_index(conn, &reporter, &order_id))
             .await
     }
 }
 
-fn from_row(r: &Row<'_>) -> Result<ConversionRecord, StoreError> {
+fn from_row(r: &dyn Row) -> Result<ConversionRecord, StoreError> {
     Ok(ConversionRecord {
         conversion_id: blob(r, 0, "conversion_id")?,
-        reporter: r.get(1)?,
-        order_id: r.get(2)?,
+        reporter: r.string(1)?,
+        order_id: r.string(2)?,
         buyer_uid: blob(r, 3, "buyer_uid")?,
-        amount_minor: r.get(4)?,
-        currency: r.get(5)?,
-        category: r.get(6)?,
-        occurred_at_ms: r.get(7)?,
+        amount_minor: r.int(4)?,
+        currency: r.string(5)?,
+        category: r.string(6)?,
+        occurred_at_ms: r.int(7)?,
         referral_id: opt_blob(r, 8, "referral_id")?,
-        recorded_at_ms: r.get(9)?,
-        status: r.get(10)?,
-        model: r.get(11)?,
-        touches: r.get(12)?,
-        commission_minor: r.get(13)?,
-        payouts: decode_payouts(&r.get::<_, String>(14)?)?,
-        refunded_minor: r.get(15)?,
-        held: r.get(16)?,
-        hold_reason: r.get(17)?,
-        confirmed_at_ms: r.get(18)?,
-        report_index: to_u64(r.get(19)?)?,
+        recorded_at_ms: r.int(9)?,
+        status: r.string(10)?,
+        model: r.string(11)?,
+        touches: r.int32(12)?,
+        commission_minor: r.int(13)?,
+        payouts: decode_payouts(r.text(14)?)?,
+        refunded_minor: r.int(15)?,
+        held: r.flag(16)?,
+        hold_reason: r.string(17)?,
+        confirmed_at_ms: r.opt_int(18)?,
+        report_index: r.uint(19)?,
         report_leaf: blob(r, 20, "report_leaf")?,
-        latest_index: to_u64(r.get(21)?)?,
+        latest_index: r.uint(21)?,
     })
 }
 
-fn update_from_row(r: &Row<'_>) -> Result<UpdateRecord, StoreError> {
+fn update_from_row(r: &dyn Row) -> Result<UpdateRecord, StoreError> {
     Ok(UpdateRecord {
         conversion_id: blob(r, 0, "conversion_id")?,
-        seq: r.get(1)?,
-        event: r.get(2)?,
-        request_id: r.get(3)?,
-        refund_minor: r.get(4)?,
-        entry_index: to_u64(r.get(5)?)?,
+        seq: r.int32(1)?,
+        event: r.string(2)?,
+        request_id: r.string(3)?,
+        refund_minor: r.int(4)?,
+        entry_index: r.uint(5)?,
         leaf_hash: blob(r, 6, "leaf_hash")?,
-        recorded_at_ms: r.get(7)?,
+        recorded_at_ms: r.int(7)?,
     })
 }
 
@@ -380,14 +382,6 @@ fn decode_payouts(s: &str) -> Result<Vec<(String, i64)>, StoreError> {
             Ok((who.to_owned(), amount))
         })
         .collect()
-}
-
-fn to_i64(v: u64) -> Result<i64, StoreError> {
-    i64::try_from(v).map_err(|_| StoreError::Corrupt(format!("index {v} exceeds i64")))
-}
-
-fn to_u64(v: i64) -> Result<u64, StoreError> {
-    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("negative index {v}")))
 }
 
 #[cfg(test)]

@@ -89,35 +89,65 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
-type Completion = Box<dyn FnOnce(Option<&StoreError>) + Send>;
-type Job = Box<dyn WriteJob>;
+pub(crate) type Completion = Box<dyn FnOnce(Option<&StoreError>) + Send>;
+type Job = Box<dyn WriteJob<Connection>>;
 
-/// A queued write: run (perhaps twice, see the module docs), then answered.
-trait WriteJob: Send {
+/// A queued write on a connection of type `C`: run (perhaps twice, see the
+/// module docs), then answered.
+pub(crate) trait WriteJob<C: ?Sized>: Send {
     /// Runs the write, keeping its result; true if it failed.
-    fn run(&mut self, conn: &Connection) -> bool;
+    fn run(&mut self, conn: &C) -> bool;
+    /// Whether its last run failed with an error `which` picks.
+    fn failed_with(&self, which: &dyn Fn(&StoreError) -> bool) -> bool;
+    /// Makes its last run's result `e` (its writes did not reach the
+    /// database after all).
+    fn fail(&mut self, e: StoreError);
     /// The answer to its caller, with the result of its last run.
     fn answer(self: Box<Self>) -> Answer;
 }
 
-/// A [`WriteJob`] of [`Db::write_as`].
-struct Write<F, R> {
+/// A [`WriteJob`] of [`Db::write_as`] (and of the PostgreSQL writer's).
+pub(crate) struct Write<F, R> {
     f: F,
     out: Option<Result<R, StoreError>>,
     tx: oneshot::Sender<Result<R, StoreError>>,
     durability: Durability,
 }
 
-impl<F, R> WriteJob for Write<F, R>
+impl<F, R> Write<F, R> {
+    pub(crate) fn new(
+        f: F,
+        tx: oneshot::Sender<Result<R, StoreError>>,
+        durability: Durability,
+    ) -> Write<F, R> {
+        Write {
+            f,
+            out: None,
+            tx,
+            durability,
+        }
+    }
+}
+
+impl<C, F, R> WriteJob<C> for Write<F, R>
 where
-    F: Fn(&Connection) -> Result<R, StoreError> + Send,
+    C: ?Sized,
+    F: Fn(&C) -> Result<R, StoreError> + Send,
     R: Send + 'static,
 {
-    fn run(&mut self, conn: &Connection) -> bool {
+    fn run(&mut self, conn: &C) -> bool {
         let out = (self.f)(conn);
         let failed = out.is_err();
         self.out = Some(out);
         failed
+    }
+
+    fn failed_with(&self, which: &dyn Fn(&StoreError) -> bool) -> bool {
+        matches!(&self.out, Some(Err(e)) if which(e))
+    }
+
+    fn fail(&mut self, e: StoreError) {
+        self.out = Some(Err(e));
     }
 
     fn answer(self: Box<Self>) -> Answer {
@@ -158,7 +188,7 @@ pub enum Durability {
 }
 
 /// A write's completion, filed by when it is answered.
-enum Answer {
+pub(crate) enum Answer {
     /// After the fsync that makes the write durable.
     Durable(Completion),
     /// As soon as its batch commits ([`Durability::Committed`]).
@@ -359,12 +389,7 @@ impl Db {
         F: Fn(&Connection) -> Result<R, StoreError> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(Write {
-            f,
-            out: None,
-            tx,
-            durability,
-        });
+        let job: Job = Box::new(Write::new(f, tx, durability));
         {
             let jobs = self.inner.jobs.lock().map_err(|_| StoreError::Closed)?;
             jobs.as_ref()
@@ -583,7 +608,7 @@ fn migrate(conn: &mut Connection, migrations: &[Migration]) -> Result<(), StoreE
     Ok(())
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)

@@ -2,9 +2,11 @@
 
 use std::{future::Future, sync::Arc};
 
-use rusqlite::{Connection, OptionalExtension, Row, params};
-
-use crate::{Migration, Sqlite, StoreError, blob, opt_blob};
+use crate::{
+    Database, Migration, StoreError,
+    sql::{Conn, ConnExt, Row, RowExt, blob, opt_blob},
+    values,
+};
 
 pub(crate) const MIGRATION: Migration = Migration {
     name: "0001_landings",
@@ -78,9 +80,9 @@ pub trait LandingStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<Landing>, StoreError>> + Send;
 }
 
-// === impl Sqlite ===
+// === impl Database ===
 
-impl LandingStore for Sqlite {
+impl<D: Database> LandingStore for D {
     async fn redeem(&self, landing: Landing) -> Result<Redeemed, StoreError> {
         // Shared with the write, which may run twice (see `Db::write`); the
         // write is dropped before it answers, so this unwraps without a
@@ -88,13 +90,16 @@ impl LandingStore for Sqlite {
         let landing = Arc::new(landing);
         let written = landing.clone();
         let existing = self
-            .db
             .write(move |conn| {
-                if let Some(existing) = select(conn, &written.referral_id)? {
-                    return Ok(Some(existing));
+                // One statement for a new landing (the usual case): on
+                // PostgreSQL a round trip costs more than the insert. An
+                // insert racing another replica's waits for its commit.
+                if insert(conn, &written)? {
+                    return Ok(None);
                 }
-                insert(conn, &written)?;
-                Ok(None)
+                select(conn, &written.referral_id)?.map(Some).ok_or_else(|| {
+                    StoreError::Corrupt("a landing conflicted but is not stored".into())
+                })
             })
             .await?;
         Ok(match existing {
@@ -104,11 +109,12 @@ impl LandingStore for Sqlite {
     }
 
     async fn landing(&self, referral_id: [u8; 16]) -> Result<Option<Landing>, StoreError> {
-        self.db.read(move |conn| select(conn, &referral_id)).await
+        self.read(move |conn| select(conn, &referral_id)).await
     }
 }
 
-// Literal SQL (not format!): prepare_cached hashes the text on every call.
+// Literal SQL (not format!): the statement caches hash the text on every
+// call.
 /// The columns [`insert`] binds and [`from_row`] reads, in their order.
 macro_rules! columns {
     () => {
@@ -119,7 +125,8 @@ macro_rules! columns {
 const INSERT: &str = concat!(
     "INSERT INTO landings (",
     columns!(),
-    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) \
+     ON CONFLICT (referral_id) DO NOTHING"
 );
 const SELECT: &str = concat!(
     "SELECT ",
@@ -133,51 +140,51 @@ const IN_WINDOW: &str = concat!(
      AND redeemed_at_ms >= ?3 AND redeemed_at_ms <= ?4 ORDER BY redeemed_at_ms"
 );
 
-fn insert(conn: &Connection, l: &Landing) -> Result<(), StoreError> {
-    conn.prepare_cached(INSERT)?.execute(params![
-        &l.referral_id[..],
-        l.agreement_id,
-        l.from,
-        l.to,
-        l.chain.join(","),
-        l.hop,
-        l.parent.as_ref().map(|p| &p[..]),
-        l.target,
-        l.origin,
-        &l.origin_uid[..],
-        &l.dest_uid[..],
-        l.issued_at_ms,
-        l.expires_at_ms,
-        l.redeemed_at_ms,
-        l.tag_access,
-    ])?;
-    Ok(())
+/// Inserts `l` unless its referral already has a landing; whether it did.
+fn insert(conn: &dyn Conn, l: &Landing) -> Result<bool, StoreError> {
+    let chain = l.chain.join(",");
+    let n = conn.execute(
+        INSERT,
+        values![
+            &l.referral_id,
+            &l.agreement_id,
+            &l.from,
+            &l.to,
+            &chain,
+            l.hop,
+            l.parent.as_ref(),
+            &l.target,
+            &l.origin,
+            &l.origin_uid,
+            &l.dest_uid,
+            l.issued_at_ms,
+            l.expires_at_ms,
+            l.redeemed_at_ms,
+            l.tag_access,
+        ],
+    )?;
+    Ok(n == 1)
 }
 
 /// Reads one landing by referral id.
-pub fn select(conn: &Connection, referral_id: &[u8; 16]) -> Result<Option<Landing>, StoreError> {
-    let row = conn
-        .prepare_cached(SELECT)?
-        .query_row([&referral_id[..]], |r| Ok(from_row(r)))
-        .optional()?;
-    row.transpose()
+pub fn select(conn: &dyn Conn, referral_id: &[u8; 16]) -> Result<Option<Landing>, StoreError> {
+    conn.query_opt(SELECT, values![referral_id], from_row)
 }
 
 /// Landings of `dest_uid` at `to_partner` redeemed in `[from_ms, to_ms]`,
 /// oldest first (ties by referral id), in one query.
 pub fn in_window(
-    conn: &Connection,
+    conn: &dyn Conn,
     to_partner: &str,
     dest_uid: &[u8; 32],
     from_ms: i64,
     to_ms: i64,
 ) -> Result<Vec<Landing>, StoreError> {
-    let mut stmt = conn.prepare_cached(IN_WINDOW)?;
-    let mut rows = stmt.query(params![to_partner, &dest_uid[..], from_ms, to_ms])?;
-    let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        out.push(from_row(r)?);
-    }
+    let mut out = conn.query_vec(
+        IN_WINDOW,
+        values![to_partner, dest_uid, from_ms, to_ms],
+        from_row,
+    )?;
     // `landings_by_dest` yields them by time; ties by referral id here, not
     // in the ORDER BY, which would make SQLite sort every result itself.
     out.sort_by_key(|l| (l.redeemed_at_ms, l.referral_id));
@@ -185,23 +192,22 @@ pub fn in_window(
 }
 
 /// Decodes a row selected with the columns of `columns!()` in order.
-fn from_row(r: &Row<'_>) -> Result<Landing, StoreError> {
-    let chain: String = r.get(4)?;
+fn from_row(r: &dyn Row) -> Result<Landing, StoreError> {
     Ok(Landing {
         referral_id: blob(r, 0, "referral_id")?,
-        agreement_id: r.get(1)?,
-        from: r.get(2)?,
-        to: r.get(3)?,
-        chain: chain.split(',').map(str::to_owned).collect(),
-        hop: r.get(5)?,
+        agreement_id: r.string(1)?,
+        from: r.string(2)?,
+        to: r.string(3)?,
+        chain: r.text(4)?.split(',').map(str::to_owned).collect(),
+        hop: r.int32(5)?,
         parent: opt_blob(r, 6, "parent_id")?,
-        target: r.get(7)?,
-        origin: r.get(8)?,
+        target: r.string(7)?,
+        origin: r.string(8)?,
         origin_uid: blob(r, 9, "origin_uid")?,
         dest_uid: blob(r, 10, "dest_uid")?,
-        issued_at_ms: r.get(11)?,
-        expires_at_ms: r.get(12)?,
-        redeemed_at_ms: r.get(13)?,
-        tag_access: r.get(14)?,
+        issued_at_ms: r.int(11)?,
+        expires_at_ms: r.int(12)?,
+        redeemed_at_ms: r.int(13)?,
+        tag_access: r.flag(14)?,
     })
 }

@@ -41,9 +41,12 @@ use std::{
 };
 
 use ring::digest::{Context, SHA256};
-use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use crate::{Durability, Migration, Sqlite, StoreError, blob};
+use crate::{
+    Database, Durability, Migration, StoreError,
+    sql::{Conn, ConnExt, Dialect, Row, RowExt, Value, blob, to_i64},
+    values,
+};
 
 pub(crate) const MIGRATION: Migration = Migration {
     name: "0002_ledger",
@@ -175,6 +178,10 @@ pub struct Integration {
     /// block per partner.
     pub parties: Vec<(u64, Arc<[String]>)>,
     pub checkpoint: Option<StoredCheckpoint>,
+    /// The leader epoch the integrator was elected in, with several
+    /// replicas (PostgreSQL): the step is refused ([`StoreError::Fenced`])
+    /// unless it is still the current one. `None` for a single writer.
+    pub epoch: Option<u64>,
 }
 
 /// A sequenced entry as the integrator reads it.
@@ -323,7 +330,7 @@ impl Prepared {
 /// receipt; duplicates are ignored. Hot paths hash off the writer with
 /// [`Prepared::new`] and call [`append`].
 pub fn sequence(
-    conn: &Connection,
+    conn: &dyn Conn,
     entry: &[u8],
     parties: &[&str],
     now_ms: i64,
@@ -334,15 +341,14 @@ pub fn sequence(
 /// Appends a prepared entry as the next log entry, inside the caller's write
 /// closure: one row insert, no hashing. To append many in one closure,
 /// [`Appender`] keeps the statement between them.
-pub fn append(conn: &Connection, entry: &Prepared, now_ms: i64) -> Result<Sequenced, StoreError> {
+pub fn append(conn: &dyn Conn, entry: &Prepared, now_ms: i64) -> Result<Sequenced, StoreError> {
     Appender::new(conn)?.append(entry, now_ms)
 }
 
-/// Appends prepared entries in one write closure, with the insert statement
-/// and the writer's hand-off looked up once rather than per entry.
+/// Appends prepared entries in one write closure, with the writer's
+/// hand-off looked up once rather than per entry.
 pub struct Appender<'c> {
-    conn: &'c Connection,
-    insert: rusqlite::CachedStatement<'c>,
+    conn: &'c dyn Conn,
     handoff: Option<Arc<Handoff>>,
 }
 
@@ -357,42 +363,19 @@ impl std::fmt::Debug for Appender<'_> {
 // === impl Appender ===
 
 impl<'c> Appender<'c> {
-    pub fn new(conn: &'c Connection) -> Result<Appender<'c>, StoreError> {
+    pub fn new(conn: &'c dyn Conn) -> Result<Appender<'c>, StoreError> {
         Ok(Appender {
             conn,
-            insert: conn.prepare_cached(
-                "INSERT INTO ledger_entries (bytes, leaf_hash, parties, recorded_at_ms)
-                 VALUES (?1, ?2, ?3, ?4)",
-            )?,
             handoff: Handoff::of_this_writer(),
         })
     }
 
     /// Appends `entry` as the next log entry.
     pub fn append(&mut self, entry: &Prepared, now_ms: i64) -> Result<Sequenced, StoreError> {
-        // SQLite gives a NULL INTEGER PRIMARY KEY the largest rowid plus one,
-        // by seeking the table's last cell; that is the next index, and the
-        // single writer runs one write at a time, so indexes are dense: a
-        // rolled-back write (or batch) frees its indexes for the next. (An
-        // explicit `MAX(idx) + 1` costs a second seek and a subquery per
-        // entry: a third of the append.) The one exception is the empty
-        // table, where SQLite starts at 1 and the log at 0.
-        self.insert
-            .execute(params![entry.bytes, &entry.leaf[..], entry.parties, now_ms])?;
-        let conn = self.conn;
-        let mut index = conn.last_insert_rowid();
-        if index == 1 {
-            let first: bool = conn
-                .prepare_cached("SELECT NOT EXISTS (SELECT 1 FROM ledger_entries WHERE idx = 0)")?
-                .query_row([], |r| r.get(0))?;
-            if first {
-                conn.prepare_cached("UPDATE ledger_entries SET idx = 0 WHERE idx = 1")?
-                    .execute([])?;
-                index = 0;
-            }
-        }
-        let index = u64::try_from(index)
-            .map_err(|_| StoreError::Corrupt("negative ledger index".into()))?;
+        let index = match self.conn.dialect() {
+            Dialect::Sqlite => self.append_sqlite(entry, now_ms)?,
+            Dialect::Postgres => self.append_postgres(entry, now_ms)?,
+        };
         if let Some(h) = &self.handoff {
             h.push(index, entry.leaf, &entry.party_list);
         }
@@ -400,6 +383,53 @@ impl<'c> Appender<'c> {
             index,
             leaf_hash: entry.leaf,
         })
+    }
+
+    fn append_sqlite(&mut self, entry: &Prepared, now_ms: i64) -> Result<u64, StoreError> {
+        // SQLite gives a NULL INTEGER PRIMARY KEY the largest rowid plus one,
+        // by seeking the table's last cell; that is the next index, and the
+        // single writer runs one write at a time, so indexes are dense: a
+        // rolled-back write (or batch) frees its indexes for the next. (An
+        // explicit `MAX(idx) + 1` costs a second seek and a subquery per
+        // entry: a third of the append.) The one exception is the empty
+        // table, where SQLite starts at 1 and the log at 0.
+        //
+        // RETURNING reads the rowid the insert was given.
+        let conn = self.conn;
+        let mut index = conn.query_int(
+            "INSERT INTO ledger_entries (bytes, leaf_hash, parties, recorded_at_ms)
+             VALUES (?1, ?2, ?3, ?4) RETURNING idx",
+            values![&entry.bytes, &entry.leaf, &entry.parties, now_ms],
+        )?;
+        if index == 1
+            && conn
+                .query_opt("SELECT 1 FROM ledger_entries WHERE idx = 0", &[], |_| Ok(()))?
+                .is_none()
+        {
+            conn.execute("UPDATE ledger_entries SET idx = 0 WHERE idx = 1", &[])?;
+            index = 0;
+        }
+        u64::try_from(index).map_err(|_| StoreError::Corrupt("negative ledger index".into()))
+    }
+
+    /// Several replicas append at once: the index comes from the
+    /// connection, which locks `ledger_head` at the transaction's first
+    /// append and writes the count back before it commits (see
+    /// `crate::pg`). Another replica's append waits for that lock, so
+    /// indexes are gapless and assigned in commit order, as in Tessera's
+    /// MySQL backend.
+    fn append_postgres(&mut self, entry: &Prepared, now_ms: i64) -> Result<u64, StoreError> {
+        let index = self.conn.next_ledger_index()?.ok_or_else(|| {
+            StoreError::Corrupt("a PostgreSQL append outside the store's writer".into())
+        })?;
+        self.conn.insert_ledger_entry(crate::sql::LedgerRow {
+            index: to_i64(index)?,
+            bytes: &entry.bytes,
+            leaf_hash: &entry.leaf,
+            parties: &entry.parties,
+            recorded_at_ms: now_ms,
+        })?;
+        Ok(index)
     }
 }
 
@@ -421,7 +451,8 @@ const HANDOFF_MAX: usize = 1 << 15;
 /// integrated. Anything not held (after a restart, past [`HANDOFF_MAX`],
 /// appends outside a writer thread) is read from the store as before.
 #[derive(Debug, Default)]
-pub(crate) struct Handoff {
+#[doc(hidden)]
+pub struct Handoff {
     leaves: Mutex<VecDeque<HeldLeaf>>,
 }
 
@@ -494,31 +525,36 @@ impl Handoff {
 
 // === reads, usable inside any read or write closure ===
 
-const ENTRY_COLUMNS: &str = "idx, bytes, leaf_hash, recorded_at_ms";
+macro_rules! entry_columns {
+    () => {
+        "idx, bytes, leaf_hash, recorded_at_ms"
+    };
+}
+const ENTRY_BY_INDEX: &str = concat!(
+    "SELECT ",
+    entry_columns!(),
+    " FROM ledger_entries WHERE idx = ?1"
+);
 
 /// The entry at `index`.
-pub fn entry(conn: &Connection, index: u64) -> Result<Option<Entry>, StoreError> {
+pub fn entry(conn: &dyn Conn, index: u64) -> Result<Option<Entry>, StoreError> {
     let Ok(i) = i64::try_from(index) else {
         return Ok(None);
     };
-    conn.prepare_cached(&format!(
-        "SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE idx = ?1"
-    ))?
-    .query_row([i], |r| Ok(entry_row(r)))
-    .optional()?
-    .transpose()
+    conn.query_opt(ENTRY_BY_INDEX, values![i], entry_row)
 }
 
 /// The partners party to entry `index`, sorted and without duplicates.
 /// Read from the entry itself, so it holds before integration too.
-pub fn parties(conn: &Connection, index: u64) -> Result<Vec<String>, StoreError> {
+pub fn parties(conn: &dyn Conn, index: u64) -> Result<Vec<String>, StoreError> {
     let Ok(i) = i64::try_from(index) else {
         return Ok(Vec::new());
     };
-    let joined: Option<String> = conn
-        .prepare_cached("SELECT parties FROM ledger_entries WHERE idx = ?1")?
-        .query_row([i], |r| r.get(0))
-        .optional()?;
+    let joined = conn.query_opt(
+        "SELECT parties FROM ledger_entries WHERE idx = ?1",
+        values![i],
+        |r| r.string(0),
+    )?;
     Ok(split_parties(joined.as_deref().unwrap_or_default()))
 }
 
@@ -538,7 +574,7 @@ pub fn split_parties(joined: &str) -> Vec<String> {
 /// `party`'s (those are the integrated ones: the party index is written on
 /// integration).
 pub fn entries(
-    conn: &Connection,
+    conn: &dyn Conn,
     party: Option<&str>,
     range: Range<u64>,
     limit: usize,
@@ -547,50 +583,45 @@ pub fn entries(
     let below = i64::try_from(range.end).unwrap_or(i64::MAX);
     let Some(p) = party else {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE idx >= ?1 AND idx < ?2 \
-             ORDER BY idx LIMIT ?3"
-        ))?;
-        let rows = stmt
-            .query_map(params![since, below, limit], |r| Ok(entry_row(r)))?
-            .collect::<Result<Vec<_>, _>>()?;
-        return rows.into_iter().collect();
+        return conn.query_vec(
+            concat!(
+                "SELECT ",
+                entry_columns!(),
+                " FROM ledger_entries WHERE idx >= ?1 AND idx < ?2 ORDER BY idx LIMIT ?3"
+            ),
+            values![since, below, limit],
+            entry_row,
+        );
     };
     // The blocks that can hold an index >= since, in index order; decode
     // until the page is full.
     let mut wanted: Vec<u64> = Vec::with_capacity(limit.min(BLOCK_MAX));
-    {
-        let mut blocks = conn.prepare_cached(
-            "SELECT first_idx, last_idx, gaps FROM ledger_party_blocks
-             WHERE partner = ?1 AND last_idx >= ?2 ORDER BY last_idx",
-        )?;
-        let mut rows = blocks.query(params![p, since])?;
-        while wanted.len() < limit {
-            let Some(r) = rows.next()? else { break };
-            let gaps: Vec<u8> = r.get(2)?;
-            let block = decode_block(r.get(0)?, r.get(1)?, &gaps)?;
+    conn.query_each(
+        "SELECT first_idx, last_idx, gaps FROM ledger_party_blocks
+         WHERE partner = ?1 AND last_idx >= ?2 ORDER BY last_idx",
+        values![p, since],
+        &mut |r| {
+            if wanted.len() >= limit {
+                return Ok(false);
+            }
+            let block = decode_block(r.int(0)?, r.int(1)?, r.bytes(2)?)?;
             let from = block.partition_point(|&i| i < range.start);
             let to = block.partition_point(|&i| i < range.end);
             let take = (limit - wanted.len()).min(to.saturating_sub(from));
             wanted.extend_from_slice(&block[from..from + take]);
-            if to < block.len() {
-                break; // the blocks after this one start at or past the end
-            }
-        }
-    }
-    let mut one = conn.prepare_cached(&format!(
-        "SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE idx = ?1"
-    ))?;
+            // The blocks after this one start at or past the end.
+            Ok(to == block.len())
+        },
+    )?;
     wanted
         .into_iter()
         .map(|i| {
-            one.query_row([i as i64], |r| Ok(entry_row(r)))
-                .optional()?
+            conn.query_opt(ENTRY_BY_INDEX, values![to_i64(i)?], entry_row)?
                 .ok_or_else(|| {
                     StoreError::Corrupt(format!(
                         "party index of {p:?} lists entry {i}, which is not stored"
                     ))
-                })?
+                })
         })
         .collect()
 }
@@ -657,7 +688,7 @@ const RANGES_PER_QUERY: usize = 400;
 /// it. Every row needed is fetched with one query (a range per asked node;
 /// more than [`RANGES_PER_QUERY`] nodes take more queries). A row that is
 /// not stored is `Corrupt`: callers only ask for nodes of integrated trees.
-pub fn nodes(conn: &Connection, ids: &[(u8, u64)]) -> Result<Vec<Hash>, StoreError> {
+pub fn nodes(conn: &dyn Conn, ids: &[(u8, u64)]) -> Result<Vec<Hash>, StoreError> {
     // (base level, first index, count) of the stored rows each id needs.
     let mut ranges: Vec<(u8, i64, i64)> = Vec::with_capacity(ids.len());
     for &(level, index) in ids {
@@ -712,7 +743,7 @@ pub fn nodes(conn: &Connection, ids: &[(u8, u64)]) -> Result<Vec<Hash>, StoreErr
 
 /// One query for the rows `(level, first .. first + count)` of `ranges`.
 fn fetch_ranges(
-    conn: &Connection,
+    conn: &dyn Conn,
     ranges: &[(u8, i64, i64)],
     found: &mut HashMap<(u8, i64), Hash>,
 ) -> Result<(), StoreError> {
@@ -738,56 +769,52 @@ fn fetch_ranges(
         // nodes() checked that the last row is addressable.
         values.push(first + (count - 1));
     }
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let mut rows = stmt.query(rusqlite::params_from_iter(values.iter()))?;
-    while let Some(r) = rows.next()? {
-        let level: i64 = r.get(0)?;
-        let index: i64 = r.get(1)?;
+    let values: Vec<Value<'_>> = values.into_iter().map(Value::Int).collect();
+    conn.query_each(&sql, &values, &mut |r| {
+        let level = r.int(0)?;
+        let index = r.int(1)?;
         let hash = blob(r, 2, "node hash")?;
         found.insert((level as u8, index), hash);
-    }
-    Ok(())
+        Ok(true)
+    })
 }
 
 /// Number of sequenced entries.
-pub fn sequenced_size(conn: &Connection) -> Result<u64, StoreError> {
-    let n: i64 = conn
-        .prepare_cached("SELECT COALESCE(MAX(idx) + 1, 0) FROM ledger_entries")?
-        .query_row([], |r| r.get(0))?;
+pub fn sequenced_size(conn: &dyn Conn) -> Result<u64, StoreError> {
+    let n = conn.query_int("SELECT COALESCE(MAX(idx) + 1, 0) FROM ledger_entries", &[])?;
     Ok(n as u64)
 }
 
 /// Number of entries the stored nodes cover.
-pub fn tree_size(conn: &Connection) -> Result<u64, StoreError> {
-    let n: i64 = conn
-        .prepare_cached("SELECT size FROM ledger_tree WHERE id = 0")?
-        .query_row([], |r| r.get(0))?;
+pub fn tree_size(conn: &dyn Conn) -> Result<u64, StoreError> {
+    let n = conn.query_int("SELECT size FROM ledger_tree WHERE id = 0", &[])?;
     Ok(n as u64)
 }
 
 /// Leaf hashes and parties of entries `[from, from + limit)`, in order.
-pub fn leaves(conn: &Connection, from: u64, limit: usize) -> Result<Vec<Leaf>, StoreError> {
+pub fn leaves(conn: &dyn Conn, from: u64, limit: usize) -> Result<Vec<Leaf>, StoreError> {
     let from = i64::try_from(from).unwrap_or(i64::MAX);
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let mut stmt = conn.prepare_cached(
-        "SELECT idx, leaf_hash, parties FROM ledger_entries WHERE idx >= ?1 ORDER BY idx LIMIT ?2",
-    )?;
-    let mut rows = stmt.query(params![from, limit])?;
     let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        let idx: i64 = r.get(0)?;
-        // Indexes are dense; a gap would silently shift every later leaf.
-        if idx != from + out.len() as i64 {
-            return Err(StoreError::Corrupt(format!(
-                "ledger entry {} is missing",
-                from + out.len() as i64
-            )));
-        }
-        out.push(Leaf {
-            hash: blob(r, 1, "leaf_hash")?,
-            parties: split_parties(&r.get::<_, String>(2)?).into(),
-        });
-    }
+    conn.query_each(
+        "SELECT idx, leaf_hash, parties FROM ledger_entries WHERE idx >= ?1 ORDER BY idx LIMIT ?2",
+        values![from, limit],
+        &mut |r| {
+            let idx = r.int(0)?;
+            // Indexes are dense; a gap would silently shift every later leaf.
+            if idx != from + out.len() as i64 {
+                return Err(StoreError::Corrupt(format!(
+                    "ledger entry {} is missing",
+                    from + out.len() as i64
+                )));
+            }
+            out.push(Leaf {
+                hash: blob(r, 1, "leaf_hash")?,
+                parties: split_parties(r.text(2)?).into(),
+            });
+            Ok(true)
+        },
+    )?;
     Ok(out)
 }
 
@@ -798,24 +825,24 @@ const CHUNK: usize = 64;
 /// Inserts rows of `width` values each, [`CHUNK`] rows per statement; the
 /// short last chunk goes row by row, so only two statements are cached.
 fn insert_rows(
-    conn: &Connection,
+    conn: &dyn Conn,
     head: &str,
     width: usize,
-    values: &[rusqlite::types::ToSqlOutput<'_>],
+    values: &[Value<'_>],
 ) -> Result<(), StoreError> {
     let row = format!("({})", vec!["?"; width].join(","));
     let sql = |n: usize| format!("{head}{}", vec![row.as_str(); n].join(","));
     let mut chunks = values.chunks_exact(width * CHUNK);
     if chunks.len() > 0 {
-        let mut stmt = conn.prepare_cached(&sql(CHUNK))?;
+        let sql = sql(CHUNK);
         for c in &mut chunks {
-            stmt.execute(rusqlite::params_from_iter(c.iter()))?;
+            conn.execute(&sql, c)?;
         }
     }
     if !chunks.remainder().is_empty() {
-        let mut stmt = conn.prepare_cached(&sql(1))?;
+        let sql = sql(1);
         for r in chunks.remainder().chunks(width) {
-            stmt.execute(rusqlite::params_from_iter(r.iter()))?;
+            conn.execute(&sql, r)?;
         }
     }
     Ok(())
@@ -824,13 +851,37 @@ fn insert_rows(
 /// Persists `step` in the caller's write closure: the nodes of stored
 /// levels (others are dropped: [`nodes`] rehashes them), one party block per
 /// partner (per [`BLOCK_MAX`] indexes), the tree size and the checkpoint.
-pub fn integrate(conn: &Connection, step: &Integration) -> Result<(), StoreError> {
-    use rusqlite::types::{ToSqlOutput, ValueRef};
-    let mut values: Vec<ToSqlOutput<'_>> = Vec::with_capacity(step.nodes.len());
+pub fn integrate(conn: &dyn Conn, step: &Integration) -> Result<(), StoreError> {
+    if let Some(epoch) = step.epoch
+        && conn.dialect() == Dialect::Postgres
+    {
+        crate::leader::fence(conn, epoch)?;
+    }
+    // The step extends the stored tree by one leaf per party entry: from
+    // any other size, it was computed from a tree some other integrator
+    // has moved on from since.
+    let from = step.size.checked_sub(step.parties.len() as u64).ok_or_else(|| {
+        StoreError::Corrupt(format!(
+            "integration to size {} with {} leaves",
+            step.size,
+            step.parties.len()
+        ))
+    })?;
+    let moved = conn.execute(
+        "UPDATE ledger_tree SET size = ?1 WHERE id = 0 AND size = ?2",
+        values![to_i64(step.size)?, to_i64(from)?],
+    )?;
+    if moved != 1 {
+        return Err(StoreError::Corrupt(format!(
+            "the stored tree is not of size {from}, which an integration to {} extends",
+            step.size
+        )));
+    }
+    let mut values: Vec<Value<'_>> = Vec::with_capacity(step.nodes.len());
     for (level, index, hash) in step.nodes.iter().filter(|n| stored_level(n.0)) {
-        values.push(ToSqlOutput::Borrowed(ValueRef::Integer(i64::from(*level))));
-        values.push(ToSqlOutput::Borrowed(ValueRef::Integer(*index as i64)));
-        values.push(ToSqlOutput::Borrowed(ValueRef::Blob(&hash[..])));
+        values.push(Value::Int(i64::from(*level)));
+        values.push(Value::Int(*index as i64));
+        values.push(Value::Blob(&hash[..]));
     }
     insert_rows(
         conn,
@@ -844,9 +895,6 @@ pub fn integrate(conn: &Connection, step: &Integration) -> Result<(), StoreError
             by_partner.entry(partner).or_default().push(*index);
         }
     }
-    let mut block = conn.prepare_cached(
-        "INSERT INTO ledger_party_blocks (partner, first_idx, last_idx, gaps) VALUES (?1, ?2, ?3, ?4)",
-    )?;
     for (partner, mut indexes) in by_partner {
         indexes.sort_unstable();
         indexes.dedup();
@@ -856,95 +904,112 @@ pub fn integrate(conn: &Connection, step: &Integration) -> Result<(), StoreError
                 .map_err(|_| StoreError::Corrupt(format!("ledger index {first} out of range")))?;
             let last = i64::try_from(last)
                 .map_err(|_| StoreError::Corrupt(format!("ledger index {last} out of range")))?;
-            block.execute(params![partner, first, last, encode_gaps(b)])?;
+            conn.execute(
+                "INSERT INTO ledger_party_blocks (partner, first_idx, last_idx, gaps) \
+                 VALUES (?1, ?2, ?3, ?4)",
+                values![partner, first, last, &encode_gaps(b)],
+            )?;
         }
     }
-    conn.prepare_cached("UPDATE ledger_tree SET size = ?1 WHERE id = 0")?
-        .execute([step.size as i64])?;
+
     if let Some(c) = &step.checkpoint {
-        conn.prepare_cached(
+        conn.execute(
             "INSERT INTO ledger_checkpoints (size, root, note, signed_at_ms) VALUES (?1, ?2, ?3, ?4)",
-        )?
-        .execute(params![c.size as i64, &c.root[..], c.note, c.signed_at_ms])?;
+            values![to_i64(c.size)?, &c.root, &c.note, c.signed_at_ms],
+        )?;
     }
     Ok(())
 }
 
-const CHECKPOINT_COLUMNS: &str = "size, root, note, signed_at_ms";
+macro_rules! checkpoint_columns {
+    () => {
+        "size, root, note, signed_at_ms"
+    };
+}
 
-pub fn latest_checkpoint(conn: &Connection) -> Result<Option<StoredCheckpoint>, StoreError> {
-    conn.prepare_cached(&format!(
-        "SELECT {CHECKPOINT_COLUMNS} FROM ledger_checkpoints ORDER BY size DESC LIMIT 1"
-    ))?
-    .query_row([], |r| Ok(checkpoint_row(r)))
-    .optional()?
-    .transpose()
+pub fn latest_checkpoint(conn: &dyn Conn) -> Result<Option<StoredCheckpoint>, StoreError> {
+    conn.query_opt(
+        concat!(
+            "SELECT ",
+            checkpoint_columns!(),
+            " FROM ledger_checkpoints ORDER BY size DESC LIMIT 1"
+        ),
+        &[],
+        checkpoint_row,
+    )
 }
 
 /// The largest checkpoint signed before `before_ms` (a period close's
 /// anchor), read without loading every checkpoint.
 pub fn latest_checkpoint_before(
-    conn: &Connection,
+    conn: &dyn Conn,
     before_ms: i64,
 ) -> Result<Option<StoredCheckpoint>, StoreError> {
-    conn.prepare_cached(&format!(
-        "SELECT {CHECKPOINT_COLUMNS} FROM ledger_checkpoints
-         WHERE signed_at_ms < ?1 ORDER BY size DESC LIMIT 1"
-    ))?
-    .query_row([before_ms], |r| Ok(checkpoint_row(r)))
-    .optional()?
-    .transpose()
+    conn.query_opt(
+        concat!(
+            "SELECT ",
+            checkpoint_columns!(),
+            " FROM ledger_checkpoints WHERE signed_at_ms < ?1 ORDER BY size DESC LIMIT 1"
+        ),
+        values![before_ms],
+        checkpoint_row,
+    )
 }
 
-pub fn checkpoint(conn: &Connection, size: u64) -> Result<Option<StoredCheckpoint>, StoreError> {
+pub fn checkpoint(conn: &dyn Conn, size: u64) -> Result<Option<StoredCheckpoint>, StoreError> {
     let Ok(size) = i64::try_from(size) else {
         return Ok(None);
     };
-    conn.prepare_cached(&format!(
-        "SELECT {CHECKPOINT_COLUMNS} FROM ledger_checkpoints WHERE size = ?1"
-    ))?
-    .query_row([size], |r| Ok(checkpoint_row(r)))
-    .optional()?
-    .transpose()
+    conn.query_opt(
+        concat!(
+            "SELECT ",
+            checkpoint_columns!(),
+            " FROM ledger_checkpoints WHERE size = ?1"
+        ),
+        values![size],
+        checkpoint_row,
+    )
 }
 
-pub fn checkpoints(conn: &Connection) -> Result<Vec<StoredCheckpoint>, StoreError> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {CHECKPOINT_COLUMNS} FROM ledger_checkpoints ORDER BY size"
-    ))?;
-    let rows = stmt
-        .query_map([], |r| Ok(checkpoint_row(r)))?
-        .collect::<Result<Vec<_>, _>>()?;
-    rows.into_iter().collect()
+pub fn checkpoints(conn: &dyn Conn) -> Result<Vec<StoredCheckpoint>, StoreError> {
+    conn.query_vec(
+        concat!(
+            "SELECT ",
+            checkpoint_columns!(),
+            " FROM ledger_checkpoints ORDER BY size"
+        ),
+        &[],
+        checkpoint_row,
+    )
 }
 
-fn entry_row(r: &Row<'_>) -> Result<Entry, StoreError> {
+fn entry_row(r: &dyn Row) -> Result<Entry, StoreError> {
     Ok(Entry {
-        index: r.get::<_, i64>(0)? as u64,
-        bytes: r.get(1)?,
+        index: r.uint(0)?,
+        bytes: r.bytes(1)?.to_vec(),
         leaf_hash: blob(r, 2, "leaf_hash")?,
-        recorded_at_ms: r.get(3)?,
+        recorded_at_ms: r.int(3)?,
     })
 }
 
-fn checkpoint_row(r: &Row<'_>) -> Result<StoredCheckpoint, StoreError> {
+fn checkpoint_row(r: &dyn Row) -> Result<StoredCheckpoint, StoreError> {
     Ok(StoredCheckpoint {
-        size: r.get::<_, i64>(0)? as u64,
+        size: r.uint(0)?,
         root: blob(r, 1, "checkpoint root")?,
-        note: r.get(2)?,
-        signed_at_ms: r.get(3)?,
+        note: r.string(2)?,
+        signed_at_ms: r.int(3)?,
     })
 }
 
-// === impl Sqlite ===
+// === impl Database ===
 
-impl LedgerStore for Sqlite {
+impl<D: Database> LedgerStore for D {
     async fn entry(&self, index: u64) -> Result<Option<Entry>, StoreError> {
-        self.db.read(move |c| entry(c, index)).await
+        self.read(move |c| entry(c, index)).await
     }
 
     async fn parties(&self, index: u64) -> Result<Vec<String>, StoreError> {
-        self.db.read(move |c| parties(c, index)).await
+        self.read(move |c| parties(c, index)).await
     }
 
     async fn entries(
@@ -953,36 +1018,34 @@ impl LedgerStore for Sqlite {
         range: Range<u64>,
         limit: usize,
     ) -> Result<Vec<Entry>, StoreError> {
-        self.db
-            .read(move |c| entries(c, party.as_deref(), range, limit))
+        self.read(move |c| entries(c, party.as_deref(), range, limit))
             .await
     }
 
     async fn nodes(&self, ids: Vec<(u8, u64)>) -> Result<Vec<Hash>, StoreError> {
-        self.db.read(move |c| nodes(c, &ids)).await
+        self.read(move |c| nodes(c, &ids)).await
     }
 
     async fn sequenced_size(&self) -> Result<u64, StoreError> {
-        self.db.read(sequenced_size).await
+        self.read(|c| sequenced_size(c)).await
     }
 
     async fn tree_size(&self) -> Result<u64, StoreError> {
-        self.db.read(tree_size).await
+        self.read(|c| tree_size(c)).await
     }
 
     async fn leaves(&self, from: u64, limit: usize) -> Result<Vec<Leaf>, StoreError> {
-        let handoff = self.db.handoff().clone();
-        self.db
-            .read(move |c| {
-                // The committed size first: the writer hands a leaf over
-                // before its commit, so everything below it is final.
-                let to = sequenced_size(c)?.min(from.saturating_add(limit as u64));
-                if let Some(held) = handoff.take(from, to) {
-                    return Ok(held);
-                }
-                leaves(c, from, limit)
-            })
-            .await
+        let handoff = self.handoff();
+        self.read(move |c| {
+            // The committed size first: the writer hands a leaf over
+            // before its commit, so everything below it is final.
+            let to = sequenced_size(c)?.min(from.saturating_add(limit as u64));
+            if let Some(held) = handoff.as_ref().and_then(|h| h.take(from, to)) {
+                return Ok(held);
+            }
+            leaves(c, from, limit)
+        })
+        .await
     }
 
     async fn integrate(&self, step: Integration) -> Result<(), StoreError> {
@@ -992,21 +1055,20 @@ impl LedgerStore for Sqlite {
             Some(_) => Durability::Fsynced,
             None => Durability::Committed,
         };
-        self.db
-            .write_as(durability, move |c| integrate(c, &step))
+        self.write_as(durability, move |c| integrate(c, &step))
             .await
     }
 
     async fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError> {
-        self.db.read(latest_checkpoint).await
+        self.read(|c| latest_checkpoint(c)).await
     }
 
     async fn checkpoint(&self, size: u64) -> Result<Option<StoredCheckpoint>, StoreError> {
-        self.db.read(move |c| checkpoint(c, size)).await
+        self.read(move |c| checkpoint(c, size)).await
     }
 
     async fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, StoreError> {
-        self.db.read(checkpoints).await
+        self.read(|c| checkpoints(c)).await
     }
 }
 

@@ -7,20 +7,31 @@
 #![forbid(unsafe_code)]
 
 pub mod conversions;
+mod database;
 mod db;
 pub mod landings;
+pub mod leader;
 pub mod ledger;
 pub mod periods;
+pub mod pg;
+pub mod pg_schema;
 pub mod quotas;
+pub mod sql;
 pub mod tags;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
 
 use std::{path::Path, sync::Arc};
 
+pub use database::{Database, Store};
 pub use db::{Db, Durability, Migration, WriterStats};
+pub use pg::Postgres;
+pub use conversions::ConversionStore;
 pub use landings::{Landing, LandingStore, Redeemed};
 pub use ledger::{LedgerStore, Sequenced};
 pub use quotas::QuotaCounterStore;
 pub use tags::{OptOutLookup, TagStore};
+
 
 /// A storage failure. Cloneable because one commit failure answers every
 /// write of its batch.
@@ -36,9 +47,26 @@ pub enum StoreError {
     Closed,
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    #[error("postgres: {0}")]
+    Postgres(Arc<postgres::Error>),
+    /// The database cannot be reached (or is shutting down, or starting):
+    /// nothing was written, and the call may be retried.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Config(String),
+    /// A ledger leader's write after another replica was elected.
+    #[error("ledger leader epoch {epoch} was superseded by epoch {current}")]
+    Fenced { epoch: u64, current: u64 },
 }
 
 impl StoreError {
+    /// Whether the failure is the database being out of reach (a retry
+    /// later may succeed), rather than a bug or corruption.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_) | StoreError::Closed)
+    }
+
     fn io(path: &Path, e: std::io::Error) -> StoreError {
         StoreError::Io {
             path: path.display().to_string(),
@@ -51,34 +79,6 @@ impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         StoreError::Sqlite(Arc::new(e))
     }
-}
-
-/// Column `idx` of `r`: a blob of exactly `N` bytes, read in place.
-pub(crate) fn blob<const N: usize>(
-    r: &rusqlite::Row<'_>,
-    idx: usize,
-    what: &str,
-) -> Result<[u8; N], StoreError> {
-    opt_blob(r, idx, what)?.ok_or_else(|| StoreError::Corrupt(format!("{what} is NULL")))
-}
-
-/// [`blob`], or `None` for NULL.
-pub(crate) fn opt_blob<const N: usize>(
-    r: &rusqlite::Row<'_>,
-    idx: usize,
-    what: &str,
-) -> Result<Option<[u8; N]>, StoreError> {
-    let v = r.get_ref(idx)?;
-    let b = v
-        .as_blob_or_null()
-        .map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))?;
-    b.map(|b| exactly(b, what)).transpose()
-}
-
-/// `b` as an array of exactly `N` bytes.
-pub(crate) fn exactly<const N: usize>(b: &[u8], what: &str) -> Result<[u8; N], StoreError> {
-    b.try_into()
-        .map_err(|_| StoreError::Corrupt(format!("{what} has {} bytes, want {N}", b.len())))
 }
 
 /// Every migration of the embedded schema, in order.
@@ -112,5 +112,7 @@ impl Sqlite {
     }
 }
 
+#[cfg(test)]
+mod pg_tests;
 #[cfg(test)]
 mod tests;

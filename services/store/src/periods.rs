@@ -2,12 +2,14 @@
 //! month (docs/LEDGER.md, "Settlement periods"). Closing only records a row;
 //! the anchor is a checkpoint the log already signed, so nothing here signs.
 //!
-//! Functions take a plain `&Connection` so `crossflow ledger close` can record
-//! a close through its own connection while a gateway holds the store's lock.
+//! Functions take a plain [`Conn`] so `crossflow ledger close` can record a
+//! close through its own connection while a gateway holds the store's lock.
 
-use rusqlite::{Connection, OptionalExtension, Row, params};
-
-use crate::{Migration, StoreError};
+use crate::{
+    Migration, StoreError,
+    sql::{Conn, ConnExt, Row, RowExt, to_i64},
+    values,
+};
 
 pub(crate) const MIGRATION: Migration = Migration {
     name: "0006_ledger_periods",
@@ -36,69 +38,86 @@ pub struct PeriodClose {
     pub closed_at_ms: i64,
 }
 
-const COLUMNS: &str = "period, anchor_size, previous_anchor_size, timezone, closed_at_ms";
+macro_rules! columns {
+    () => {
+        "period, anchor_size, previous_anchor_size, timezone, closed_at_ms"
+    };
+}
 
 /// The close of `period`, if it was closed.
-pub fn period(conn: &Connection, period: &str) -> Result<Option<PeriodClose>, StoreError> {
-    conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM ledger_periods WHERE period = ?1"
-    ))?
-    .query_row([period], row)
-    .optional()
-    .map_err(Into::into)
+pub fn period(conn: &dyn Conn, period: &str) -> Result<Option<PeriodClose>, StoreError> {
+    conn.query_opt(
+        concat!(
+            "SELECT ",
+            columns!(),
+            " FROM ledger_periods WHERE period = ?1"
+        ),
+        values![period],
+        row,
+    )
 }
 
 /// The most recent close (periods are `YYYY-MM`, so text order is time order).
-pub fn latest(conn: &Connection) -> Result<Option<PeriodClose>, StoreError> {
-    conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM ledger_periods ORDER BY period DESC LIMIT 1"
-    ))?
-    .query_row([], row)
-    .optional()
-    .map_err(Into::into)
+pub fn latest(conn: &dyn Conn) -> Result<Option<PeriodClose>, StoreError> {
+    conn.query_opt(
+        concat!(
+            "SELECT ",
+            columns!(),
+            " FROM ledger_periods ORDER BY period DESC LIMIT 1"
+        ),
+        &[],
+        row,
+    )
 }
 
 /// Every close, oldest first.
-pub fn all(conn: &Connection) -> Result<Vec<PeriodClose>, StoreError> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM ledger_periods ORDER BY period"
-    ))?;
-    let rows = stmt.query_map([], row)?.collect::<Result<Vec<_>, _>>()?;
-    Ok(rows)
+pub fn all(conn: &dyn Conn) -> Result<Vec<PeriodClose>, StoreError> {
+    conn.query_vec(
+        concat!(
+            "SELECT ",
+            columns!(),
+            " FROM ledger_periods ORDER BY period"
+        ),
+        &[],
+        row,
+    )
 }
 
 /// Records a close. Fails (constraint) if `period` is already closed; the
 /// caller checks order and anchors.
-pub fn insert(conn: &Connection, close: &PeriodClose) -> Result<(), StoreError> {
-    let size = |n: u64| {
-        i64::try_from(n).map_err(|_| StoreError::Corrupt(format!("anchor size {n} out of range")))
-    };
-    conn.prepare_cached(&format!(
-        "INSERT INTO ledger_periods ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5)"
-    ))?
-    .execute(params![
-        close.period,
-        size(close.anchor_size)?,
-        size(close.previous_anchor_size)?,
-        close.timezone,
-        close.closed_at_ms
-    ])?;
+pub fn insert(conn: &dyn Conn, close: &PeriodClose) -> Result<(), StoreError> {
+    conn.execute(
+        concat!(
+            "INSERT INTO ledger_periods (",
+            columns!(),
+            ") VALUES (?1, ?2, ?3, ?4, ?5)"
+        ),
+        values![
+            &close.period,
+            to_i64(close.anchor_size)?,
+            to_i64(close.previous_anchor_size)?,
+            &close.timezone,
+            close.closed_at_ms
+        ],
+    )?;
     Ok(())
 }
 
-fn row(r: &Row<'_>) -> rusqlite::Result<PeriodClose> {
+fn row(r: &dyn Row) -> Result<PeriodClose, StoreError> {
     Ok(PeriodClose {
-        period: r.get(0)?,
-        anchor_size: r.get::<_, i64>(1)? as u64,
-        previous_anchor_size: r.get::<_, i64>(2)? as u64,
-        timezone: r.get(3)?,
-        closed_at_ms: r.get(4)?,
+        period: r.string(0)?,
+        anchor_size: r.uint(1)?,
+        previous_anchor_size: r.uint(2)?,
+        timezone: r.string(3)?,
+        closed_at_ms: r.int(4)?,
     })
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+    use rusqlite::Connection;
+
     use super::*;
 
     #[test]

@@ -5,9 +5,11 @@
 
 use std::future::Future;
 
-use rusqlite::params;
-
-use crate::{Migration, Sqlite, StoreError};
+use crate::{
+    Database, Migration, StoreError,
+    sql::{ConnExt, RowExt},
+    values,
+};
 
 pub(crate) const MIGRATION: Migration = Migration {
     name: "0003_quota_counters",
@@ -40,27 +42,22 @@ pub trait QuotaCounterStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
-impl QuotaCounterStore for Sqlite {
+impl<D: Database> QuotaCounterStore for D {
     async fn day_counters(&self, day: &str) -> Result<Vec<(String, u64)>, StoreError> {
         let day = day.to_owned();
-        self.db
-            .read(move |c| {
-                let mut st = c.prepare_cached(
-                    "SELECT key, count FROM quota_counters WHERE day = ?1 ORDER BY key",
-                )?;
-                let rows = st.query_map([&day], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-                })?;
-                let mut out = Vec::new();
-                for row in rows {
-                    let (k, n) = row?;
+        self.read(move |c| {
+            c.query_vec(
+                "SELECT key, count FROM quota_counters WHERE day = ?1 ORDER BY key",
+                values![&day],
+                |r| {
+                    let (k, n) = (r.string(0)?, r.int(1)?);
                     let n = u64::try_from(n)
                         .map_err(|_| StoreError::Corrupt(format!("quota counter {k} is {n}")))?;
-                    out.push((k, n));
-                }
-                Ok(out)
-            })
-            .await
+                    Ok((k, n))
+                },
+            )
+        })
+        .await
     }
 
     async fn add_counters(
@@ -71,20 +68,25 @@ impl QuotaCounterStore for Sqlite {
     ) -> Result<(), StoreError> {
         let day = day.to_owned();
         let keep_from = keep_from.to_owned();
-        self.db
-            .write(move |c| {
-                let mut st = c.prepare_cached(
+        self.write(move |c| {
+            for (k, n) in &deltas {
+                let n = i64::try_from(*n).unwrap_or(i64::MAX);
+                // Qualified: in PostgreSQL a bare `count` here is ambiguous
+                // between the row and `excluded`.
+                c.execute(
                     "INSERT INTO quota_counters (day, key, count) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (day, key) DO UPDATE SET count = count + excluded.count",
+                     ON CONFLICT (day, key) DO UPDATE
+                     SET count = quota_counters.count + excluded.count",
+                    values![&day, k, n],
                 )?;
-                for (k, n) in &deltas {
-                    let n = i64::try_from(*n).unwrap_or(i64::MAX);
-                    st.execute(params![day, k, n])?;
-                }
-                c.execute("DELETE FROM quota_counters WHERE day < ?1", [&keep_from])?;
-                Ok(())
-            })
-            .await
+            }
+            c.execute(
+                "DELETE FROM quota_counters WHERE day < ?1",
+                values![&keep_from],
+            )?;
+            Ok(())
+        })
+        .await
     }
 }
 
@@ -93,6 +95,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use crate::Sqlite;
 
     #[tokio::test]
     async fn deltas_add_up_survive_reopen_and_old_days_go() {

@@ -7,9 +7,13 @@
 
 use std::{future::Future, path::Path};
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags};
 
-use crate::{Landing, Migration, Sqlite, StoreError, landings};
+use crate::{
+    Database, Landing, Migration, StoreError, landings,
+    sql::{Conn, ConnExt, Dialect, RowExt, exactly},
+    values,
+};
 
 pub(crate) const MIGRATION: Migration = Migration {
     name: "0005_tags",
@@ -181,6 +185,12 @@ pub trait TagStore: Send + Sync + 'static {
 
     /// Deletes every expired tag and idempotency key; returns how many tags.
     fn purge_expired(&self, now_ms: i64) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Disclosures matching `q`, oldest first.
+    fn disclosures(
+        &self,
+        q: DisclosureQuery,
+    ) -> impl Future<Output = Result<Vec<Disclosure>, StoreError>> + Send;
 }
 
 /// What the referral service needs of tags: whether a user opted out.
@@ -188,7 +198,7 @@ pub trait OptOutLookup: Send + Sync + 'static {
     fn opted_out(&self, uid: [u8; 32]) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }
 
-// === impl Sqlite ===
+// === impl Database ===
 
 impl<T: TagStore> OptOutLookup for T {
     fn opted_out(&self, uid: [u8; 32]) -> impl Future<Output = Result<bool, StoreError>> + Send {
@@ -196,9 +206,9 @@ impl<T: TagStore> OptOutLookup for T {
     }
 }
 
-impl TagStore for Sqlite {
+impl<D: Database> TagStore for D {
     async fn publish(&self, p: Publication) -> Result<Published, StoreError> {
-        self.db.write(move |conn| publish(conn, &p)).await
+        self.write(move |conn| publish(conn, &p)).await
     }
 
     async fn opt_out(
@@ -207,27 +217,26 @@ impl TagStore for Sqlite {
         uid: [u8; 32],
         now_ms: i64,
     ) -> Result<OptedOut, StoreError> {
-        self.db
-            .write(move |conn| {
-                let removed = conn
-                    .prepare_cached("DELETE FROM tags WHERE owner = ?1 AND uid = ?2")?
-                    .execute(params![owner, &uid[..]])?;
-                let inserted = conn
-                    .prepare_cached(
-                        "INSERT INTO tag_opt_outs (uid, owner, opted_out_at_ms) VALUES (?1, ?2, ?3)
-                         ON CONFLICT (uid) DO NOTHING",
-                    )?
-                    .execute(params![&uid[..], owner, now_ms])?;
-                Ok(OptedOut {
-                    tags_removed: removed as u64,
-                    newly_opted_out: inserted == 1,
-                })
+        self.write(move |conn| {
+            let removed = conn.execute(
+                "DELETE FROM tags WHERE owner = ?1 AND uid = ?2",
+                values![&owner, &uid],
+            )?;
+            let inserted = conn.execute(
+                "INSERT INTO tag_opt_outs (uid, owner, opted_out_at_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (uid) DO NOTHING",
+                values![&uid, &owner, now_ms],
+            )?;
+            Ok(OptedOut {
+                tags_removed: removed,
+                newly_opted_out: inserted == 1,
             })
-            .await
+        })
+        .await
     }
 
     async fn opted_out(&self, uid: [u8; 32]) -> Result<bool, StoreError> {
-        self.db.read(move |conn| is_opted_out(conn, &uid)).await
+        self.read(move |conn| is_opted_out(conn, &uid)).await
     }
 
     async fn referred_user(
@@ -235,59 +244,65 @@ impl TagStore for Sqlite {
         referral_id: [u8; 16],
         now_ms: i64,
     ) -> Result<Option<ReferredUser>, StoreError> {
-        self.db
-            .read(move |conn| {
-                // One read transaction: the landing, opt-out and tags agree.
-                conn.execute_batch("BEGIN")?;
-                let out = referred_user(conn, &referral_id, now_ms);
-                let _ = conn.execute_batch("COMMIT");
-                out
-            })
-            .await
+        self.read(move |conn| {
+            // One read transaction: the landing, opt-out and tags agree
+            // (PostgreSQL's default isolation gives each statement its own
+            // snapshot).
+            conn.execute(
+                match conn.dialect() {
+                    Dialect::Sqlite => "BEGIN",
+                    Dialect::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+                },
+                &[],
+            )?;
+            let out = referred_user(conn, &referral_id, now_ms);
+            let _ = conn.execute("COMMIT", &[]);
+            out
+        })
+        .await
     }
 
     async fn record_disclosure(&self, d: Disclosure) -> Result<(), StoreError> {
-        self.db
-            .write(move |conn| {
-                conn.prepare_cached(
-                    "INSERT INTO tag_disclosures (disclosed_at_ms, owner, reader, uid, agreement_id,
-                        referral_id, namespaces, tag_count, pseudonym_epoch)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                )?
-                .execute(params![
+        self.write(move |conn| {
+            let namespaces = d.namespaces.join(" ");
+            conn.execute(
+                "INSERT INTO tag_disclosures (disclosed_at_ms, owner, reader, uid, agreement_id,
+                    referral_id, namespaces, tag_count, pseudonym_epoch)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                values![
                     d.disclosed_at_ms,
-                    d.owner,
-                    d.reader,
-                    &d.uid[..],
-                    d.agreement_id,
-                    &d.referral_id[..],
-                    d.namespaces.join(" "),
+                    &d.owner,
+                    &d.reader,
+                    &d.uid,
+                    &d.agreement_id,
+                    &d.referral_id,
+                    &namespaces,
                     d.tag_count,
                     d.pseudonym_epoch,
-                ])?;
-                Ok(())
-            })
-            .await
+                ],
+            )?;
+            Ok(())
+        })
+        .await
     }
 
     async fn purge_expired(&self, now_ms: i64) -> Result<u64, StoreError> {
-        self.db
-            .write(move |conn| {
-                let n = conn
-                    .prepare_cached("DELETE FROM tags WHERE expires_at_ms <= ?1")?
-                    .execute([now_ms])?;
-                conn.prepare_cached("DELETE FROM tag_requests WHERE expires_at_ms <= ?1")?
-                    .execute([now_ms])?;
-                Ok(n as u64)
-            })
-            .await
+        self.write(move |conn| {
+            let n = conn.execute(
+                "DELETE FROM tags WHERE expires_at_ms <= ?1",
+                values![now_ms],
+            )?;
+            conn.execute(
+                "DELETE FROM tag_requests WHERE expires_at_ms <= ?1",
+                values![now_ms],
+            )?;
+            Ok(n)
+        })
+        .await
     }
-}
 
-impl Sqlite {
-    /// Disclosures matching `q`, oldest first.
-    pub async fn disclosures(&self, q: DisclosureQuery) -> Result<Vec<Disclosure>, StoreError> {
-        self.db.read(move |conn| select_disclosures(conn, &q)).await
+    async fn disclosures(&self, q: DisclosureQuery) -> Result<Vec<Disclosure>, StoreError> {
+        self.read(move |conn| select_disclosures(conn, &q)).await
     }
 }
 
@@ -312,59 +327,49 @@ pub fn read_disclosures(
     select_disclosures(&conn, q)
 }
 
-fn publish(conn: &Connection, p: &Publication) -> Result<Published, StoreError> {
+fn publish(conn: &dyn Conn, p: &Publication) -> Result<Published, StoreError> {
     if is_opted_out(conn, &p.uid)? {
         return Ok(Published::OptedOut);
     }
     let mut now = p.now_ms;
     if let Some((request_id, fingerprint)) = &p.request {
-        let seen: Option<(Vec<u8>, i64)> = conn
-            .prepare_cached(
-                "SELECT fingerprint, published_at_ms FROM tag_requests
-                 WHERE owner = ?1 AND request_id = ?2 AND expires_at_ms > ?3",
-            )?
-            .query_row(params![p.owner, request_id, p.now_ms], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .optional()?;
+        let seen = conn.query_opt(
+            "SELECT fingerprint, published_at_ms FROM tag_requests
+             WHERE owner = ?1 AND request_id = ?2 AND expires_at_ms > ?3",
+            values![&p.owner, request_id, p.now_ms],
+            |r| Ok((r.bytes(0)? == &fingerprint[..], r.int(1)?)),
+        )?;
         match seen {
-            Some((f, _)) if f != fingerprint[..] => return Ok(Published::RequestReused),
+            Some((false, _)) => return Ok(Published::RequestReused),
             // A retry: the answer (and the expiries) of the first attempt.
-            Some((_, at)) => now = at,
+            Some((true, at)) => now = at,
             None => {
-                conn.prepare_cached(
+                conn.execute(
                     "INSERT INTO tag_requests (owner, request_id, fingerprint, published_at_ms, expires_at_ms)
                      VALUES (?1, ?2, ?3, ?4, ?5)
                      ON CONFLICT (owner, request_id) DO UPDATE SET fingerprint = excluded.fingerprint,
                         published_at_ms = excluded.published_at_ms, expires_at_ms = excluded.expires_at_ms",
-                )?
-                .execute(params![
-                    p.owner,
-                    request_id,
-                    &fingerprint[..],
-                    now,
-                    now.saturating_add(p.request_ttl_ms)
-                ])?;
+                    values![
+                        &p.owner,
+                        request_id,
+                        fingerprint,
+                        now,
+                        now.saturating_add(p.request_ttl_ms)
+                    ],
+                )?;
             }
         }
     }
-    let mut upsert = conn.prepare_cached(
-        "INSERT INTO tags (owner, uid, namespace, value, published_at_ms, expires_at_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-         ON CONFLICT (owner, uid, namespace, value) DO UPDATE SET
-            published_at_ms = excluded.published_at_ms, expires_at_ms = excluded.expires_at_ms",
-    )?;
     let mut stored = Vec::with_capacity(p.tags.len());
     for t in &p.tags {
         let expires_at_ms = now.saturating_add(t.ttl_ms);
-        upsert.execute(params![
-            p.owner,
-            &p.uid[..],
-            t.namespace,
-            t.value,
-            now,
-            expires_at_ms
-        ])?;
+        conn.execute(
+            "INSERT INTO tags (owner, uid, namespace, value, published_at_ms, expires_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (owner, uid, namespace, value) DO UPDATE SET
+                published_at_ms = excluded.published_at_ms, expires_at_ms = excluded.expires_at_ms",
+            values![&p.owner, &p.uid, &t.namespace, &t.value, now, expires_at_ms],
+        )?;
         stored.push(StoredTag {
             namespace: t.namespace.clone(),
             value: t.value.clone(),
@@ -373,31 +378,35 @@ fn publish(conn: &Connection, p: &Publication) -> Result<Published, StoreError> 
     }
     // Purge on write: this user's expired tags, and a bounded sweep of
     // everyone else's, so the table never keeps much that can't be read.
-    conn.prepare_cached("DELETE FROM tags WHERE owner = ?1 AND uid = ?2 AND expires_at_ms <= ?3")?
-        .execute(params![p.owner, &p.uid[..], p.now_ms])?;
-    conn.prepare_cached(
+    conn.execute(
+        "DELETE FROM tags WHERE owner = ?1 AND uid = ?2 AND expires_at_ms <= ?3",
+        values![&p.owner, &p.uid, p.now_ms],
+    )?;
+    conn.execute(
         "DELETE FROM tags WHERE (owner, uid, namespace, value) IN (
             SELECT owner, uid, namespace, value FROM tags WHERE expires_at_ms <= ?1 LIMIT ?2)",
-    )?
-    .execute(params![p.now_ms, SWEEP_LIMIT])?;
-    conn.prepare_cached(
+        values![p.now_ms, SWEEP_LIMIT],
+    )?;
+    conn.execute(
         "DELETE FROM tag_requests WHERE (owner, request_id) IN (
             SELECT owner, request_id FROM tag_requests WHERE expires_at_ms <= ?1 LIMIT ?2)",
-    )?
-    .execute(params![p.now_ms, SWEEP_LIMIT])?;
+        values![p.now_ms, SWEEP_LIMIT],
+    )?;
     Ok(Published::Stored(stored))
 }
 
-fn is_opted_out(conn: &Connection, uid: &[u8; 32]) -> Result<bool, StoreError> {
+fn is_opted_out(conn: &dyn Conn, uid: &[u8; 32]) -> Result<bool, StoreError> {
     Ok(conn
-        .prepare_cached("SELECT 1 FROM tag_opt_outs WHERE uid = ?1")?
-        .query_row([&uid[..]], |_| Ok(()))
-        .optional()?
+        .query_opt(
+            "SELECT 1 FROM tag_opt_outs WHERE uid = ?1",
+            values![uid],
+            |_| Ok(()),
+        )?
         .is_some())
 }
 
 fn referred_user(
-    conn: &Connection,
+    conn: &dyn Conn,
     referral_id: &[u8; 16],
     now_ms: i64,
 ) -> Result<Option<ReferredUser>, StoreError> {
@@ -405,27 +414,23 @@ fn referred_user(
         return Ok(None);
     };
     let opted_out = is_opted_out(conn, &landing.origin_uid)?;
-    let mut tags = Vec::new();
-    if !opted_out {
-        let mut stmt = conn.prepare_cached(
+    let tags = if opted_out {
+        Vec::new()
+    } else {
+        conn.query_vec(
             "SELECT namespace, value, expires_at_ms FROM tags
              WHERE owner = ?1 AND uid = ?2 AND expires_at_ms > ?3
              ORDER BY namespace, value",
-        )?;
-        let rows = stmt.query_map(
-            params![landing.origin, &landing.origin_uid[..], now_ms],
+            values![&landing.origin, &landing.origin_uid, now_ms],
             |r| {
                 Ok(StoredTag {
-                    namespace: r.get(0)?,
-                    value: r.get(1)?,
-                    expires_at_ms: r.get(2)?,
+                    namespace: r.string(0)?,
+                    value: r.string(1)?,
+                    expires_at_ms: r.int(2)?,
                 })
             },
-        )?;
-        for row in rows {
-            tags.push(row?);
-        }
-    }
+        )?
+    };
     Ok(Some(ReferredUser {
         landing,
         opted_out,
@@ -433,55 +438,32 @@ fn referred_user(
     }))
 }
 
-fn select_disclosures(
-    conn: &Connection,
-    q: &DisclosureQuery,
-) -> Result<Vec<Disclosure>, StoreError> {
-    let mut stmt = conn.prepare_cached(
+fn select_disclosures(conn: &dyn Conn, q: &DisclosureQuery) -> Result<Vec<Disclosure>, StoreError> {
+    // `COALESCE` rather than `?3 IS NULL OR reader = ?3`: PostgreSQL cannot
+    // type a parameter that only `IS NULL` sees. The columns are NOT NULL,
+    // so a NULL filter matches every row on both backends.
+    conn.query_vec(
         "SELECT disclosed_at_ms, owner, reader, uid, agreement_id, referral_id, namespaces,
                 tag_count, pseudonym_epoch
          FROM tag_disclosures
          WHERE owner = ?1 AND disclosed_at_ms >= ?2
-           AND (?3 IS NULL OR reader = ?3) AND (?4 IS NULL OR uid = ?4)
+           AND reader = COALESCE(?3, reader) AND uid = COALESCE(?4, uid)
          ORDER BY disclosed_at_ms, id",
-    )?;
-    let rows = stmt.query_map(
-        params![
-            q.owner,
-            q.since_ms,
-            q.reader,
-            q.uid.as_ref().map(|u| &u[..])
-        ],
+        values![&q.owner, q.since_ms, q.reader.as_ref(), q.uid.as_ref()],
         |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, Vec<u8>>(3)?,
-                r.get::<_, String>(4)?,
-                r.get::<_, Vec<u8>>(5)?,
-                r.get::<_, String>(6)?,
-                r.get::<_, u32>(7)?,
-                r.get::<_, u32>(8)?,
-            ))
+            Ok(Disclosure {
+                disclosed_at_ms: r.int(0)?,
+                owner: r.string(1)?,
+                reader: r.string(2)?,
+                uid: exactly(r.bytes(3)?, "tag_disclosures.uid")?,
+                agreement_id: r.string(4)?,
+                referral_id: exactly(r.bytes(5)?, "tag_disclosures.referral_id")?,
+                namespaces: r.text(6)?.split_whitespace().map(str::to_owned).collect(),
+                tag_count: r.int32(7)?,
+                pseudonym_epoch: r.int32(8)?,
+            })
         },
-    )?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (at, owner, reader, uid, agreement_id, referral_id, namespaces, count, epoch) = row?;
-        out.push(Disclosure {
-            disclosed_at_ms: at,
-            owner,
-            reader,
-            uid: crate::exactly(&uid, "tag_disclosures.uid")?,
-            agreement_id,
-            referral_id: crate::exactly(&referral_id, "tag_disclosures.referral_id")?,
-            namespaces: namespaces.split_whitespace().map(str::to_owned).collect(),
-            tag_count: count,
-            pseudonym_epoch: epoch,
-        });
-    }
-    Ok(out)
+    )
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 use rusqlite::Connection;
 
 use super::*;
+use crate::sql::{blob, opt_blob};
 
 fn landing(id: u8, dest: u8) -> Landing {
     Landing {

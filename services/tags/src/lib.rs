@@ -80,7 +80,7 @@ impl TagError {
             E::NoTagAccess(id) => {
                 Problem::new(Kind::PermissionDenied, "NO_TAG_ACCESS", msg).with("referral_id", id)
             }
-            E::Store(e) => Problem::internal(e),
+            E::Store(e) => Problem::storage(e, e.is_unavailable()),
         }
     }
 }

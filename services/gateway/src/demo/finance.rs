@@ -15,7 +15,7 @@ use crossflow_proto::v1::{
     conversion_service_client::ConversionServiceClient, ledger_service_client::LedgerServiceClient,
     referral_service_client::ReferralServiceClient,
 };
-use crossflow_store::{Sqlite, ledger::LedgerStore};
+use crossflow_store::{Database, Store, ledger::LedgerStore};
 
 use super::{BEAUTY, DemoError, HOMEDECOR, MOMBABY, conversions::order, create, unexpected};
 use crate::{server::Running, testbed::Testbed};
@@ -75,7 +75,6 @@ pub(super) async fn run(
     let out2 = out.clone();
     let summary = gw
         .store
-        .db()
         .read(move |c| {
             export::export(c, "2026-11", export::View::Federation, &out2)
                 .map_err(|e| crossflow_store::StoreError::Corrupt(e.to_string()))
@@ -111,7 +110,7 @@ pub(super) async fn run(
 
 /// Waits until the newest signed checkpoint covers every sequenced entry, so
 /// the month's last checkpoint is signed before the clock leaves the month.
-async fn checkpointed(store: &Sqlite) -> Result<(), DemoError> {
+async fn checkpointed(store: &Store) -> Result<(), DemoError> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let sequenced = store
@@ -136,10 +135,10 @@ async fn checkpointed(store: &Sqlite) -> Result<(), DemoError> {
     }
 }
 
-async fn close(store: &Sqlite, p: &str, tz: &str, now_ms: i64) -> Result<String, DemoError> {
+async fn close(store: &Store, p: &str, tz: &str, now_ms: i64) -> Result<String, DemoError> {
     let (p, tz) = (p.to_owned(), tz.to_owned());
+    // In the writer's transaction, as `period::close` asks.
     store
-        .db()
         .write(move |c| {
             period::close(c, &p, &tz, now_ms)
                 .map(|close| close.summary())

@@ -1,8 +1,31 @@
+//! Closes run on SQLite (an in-memory store) and, with a test server, on
+//! PostgreSQL (`crossflow_store::testing`): the same cases, the same answers.
+
+use crossflow_store::{pg::PgConn, values};
+use rusqlite::Connection;
+
 use super::*;
 
 const NOV_START: i64 = 1_793_462_400_000; // 2026-11-01T00:00+08:00
 const DEC_START: i64 = 1_796_054_400_000; // 2026-12-01T00:00+08:00
 const HOUR: i64 = 3_600_000;
+
+/// A connection of either backend, and how to run transaction control on it.
+trait TestConn: Conn {
+    fn run(&self, sql: &str);
+}
+
+impl TestConn for Connection {
+    fn run(&self, sql: &str) {
+        self.execute_batch(sql).unwrap();
+    }
+}
+
+impl TestConn for PgConn {
+    fn run(&self, sql: &str) {
+        self.batch(sql).unwrap();
+    }
+}
 
 fn store() -> Connection {
     let conn = Connection::open_in_memory().unwrap();
@@ -12,10 +35,20 @@ fn store() -> Connection {
     conn
 }
 
-fn checkpoint(conn: &Connection, size: u64, signed_at_ms: i64) {
+/// `case` on a fresh PostgreSQL database for test `name` (skipped, with a
+/// line saying so, without a test server).
+fn on_postgres(name: &str, case: fn(&PgConn)) {
+    let Some(pg) = crossflow_store::testing::postgres(name) else {
+        return;
+    };
+    case(&pg.dedicated().unwrap());
+    pg.close();
+}
+
+fn checkpoint(conn: &dyn Conn, size: u64, signed_at_ms: i64) {
     conn.execute(
         "INSERT INTO ledger_checkpoints (size, root, note, signed_at_ms) VALUES (?1, ?2, 'n', ?3)",
-        rusqlite::params![size as i64, vec![0u8; 32], signed_at_ms],
+        values![size as i64, &[0u8; 32], signed_at_ms],
     )
     .unwrap();
 }
@@ -61,30 +94,38 @@ fn months_and_spans() {
 
 #[test]
 fn closes_in_order_after_the_month_ends() {
-    let conn = store();
+    closes_in_order(&store());
+}
+
+#[test]
+fn closes_in_order_after_the_month_ends_on_postgres() {
+    on_postgres("period_closes_in_order", closes_in_order);
+}
+
+fn closes_in_order(conn: &impl TestConn) {
     let tz = "Asia/Shanghai";
-    checkpoint(&conn, 3, NOV_START - HOUR); // October
-    checkpoint(&conn, 8, NOV_START + HOUR);
-    checkpoint(&conn, 12, DEC_START - 1);
-    checkpoint(&conn, 15, DEC_START); // signed as December began: not November's
+    checkpoint(conn, 3, NOV_START - HOUR); // October
+    checkpoint(conn, 8, NOV_START + HOUR);
+    checkpoint(conn, 12, DEC_START - 1);
+    checkpoint(conn, 15, DEC_START); // signed as December began: not November's
 
     // Before November ends.
-    let err = close(&conn, "2026-11", tz, DEC_START - 1).unwrap_err();
+    let err = close(conn, "2026-11", tz, DEC_START - 1).unwrap_err();
     assert!(matches!(err, PeriodError::NotEnded { .. }), "{err}");
     assert!(
         err.to_string().contains("2026-12-01T00:00:00.000+08:00"),
         "{err}"
     );
 
-    let oct = close(&conn, "2026-10", tz, DEC_START).unwrap();
+    let oct = close(conn, "2026-10", tz, DEC_START).unwrap();
     assert_eq!(
         (oct.previous_anchor_size, oct.anchor_size, oct.already),
         (0, 3, false)
     );
     // Skipping a month is refused, naming the next one.
-    let err = close(&conn, "2026-12", tz, DEC_START + 40 * 24 * HOUR).unwrap_err();
+    let err = close(conn, "2026-12", tz, DEC_START + 40 * 24 * HOUR).unwrap_err();
     assert!(err.to_string().contains("the next is 2026-11"), "{err}");
-    let nov = close(&conn, "2026-11", tz, DEC_START).unwrap();
+    let nov = close(conn, "2026-11", tz, DEC_START).unwrap();
     assert_eq!((nov.previous_anchor_size, nov.anchor_size), (3, 12));
     assert!(
         nov.summary().contains("entries [3, 12) (9 entries)"),
@@ -92,33 +133,41 @@ fn closes_in_order_after_the_month_ends() {
         nov.summary()
     );
     // Again: the recorded close, unchanged.
-    let again = close(&conn, "2026-11", "UTC", DEC_START + 5).unwrap();
+    let again = close(conn, "2026-11", "UTC", DEC_START + 5).unwrap();
     assert!(again.already);
     assert_eq!((again.anchor_size, again.timezone.as_str()), (12, tz));
     // An earlier month than the newest close is refused.
-    let err = close(&conn, "2026-09", tz, DEC_START).unwrap_err();
+    let err = close(conn, "2026-09", tz, DEC_START).unwrap_err();
     assert!(matches!(err, PeriodError::NotNext { .. }), "{err}");
 
-    let (b, _) = bounds(&conn, "2026-11").unwrap();
+    let (b, _) = bounds(conn, "2026-11").unwrap();
     assert_eq!(
         (b.previous_anchor_size, b.anchor_size, b.start_ms),
         (3, 12, NOV_START)
     );
     assert!(matches!(
-        bounds(&conn, "2026-12"),
+        bounds(conn, "2026-12"),
         Err(PeriodError::NotClosed(_))
     ));
 }
 
 #[test]
 fn first_close_needs_a_checkpoint() {
-    let conn = store();
-    let err = close(&conn, "2026-10", "Asia/Shanghai", DEC_START).unwrap_err();
+    first_close(&store());
+}
+
+#[test]
+fn first_close_needs_a_checkpoint_on_postgres() {
+    on_postgres("period_first_close", first_close);
+}
+
+fn first_close(conn: &impl TestConn) {
+    let err = close(conn, "2026-10", "Asia/Shanghai", DEC_START).unwrap_err();
     assert!(matches!(err, PeriodError::NoCheckpoint { .. }), "{err}");
     // Inside a caller's transaction, nothing is committed on its own.
-    conn.execute_batch("BEGIN").unwrap();
-    checkpoint(&conn, 2, NOV_START - HOUR);
-    close(&conn, "2026-10", "Asia/Shanghai", DEC_START).unwrap();
-    conn.execute_batch("ROLLBACK").unwrap();
-    assert!(crossflow_store::periods::latest(&conn).unwrap().is_none());
+    conn.run("BEGIN");
+    checkpoint(conn, 2, NOV_START - HOUR);
+    close(conn, "2026-10", "Asia/Shanghai", DEC_START).unwrap();
+    conn.run("ROLLBACK");
+    assert!(crossflow_store::periods::latest(conn).unwrap().is_none());
 }

@@ -1,3 +1,6 @@
+use rusqlite::{Connection, params};
+
+use crate::Sqlite;
 use super::*;
 
 fn open() -> (tempfile::TempDir, Sqlite) {
@@ -153,6 +156,7 @@ async fn integration_persists_nodes_parties_and_checkpoints() {
         nodes: nodes.clone(),
         parties,
         checkpoint: Some(checkpoint.clone()),
+        epoch: None,
     })
     .await
     .unwrap();
@@ -375,6 +379,7 @@ async fn compact_migration_converts_the_old_layout() {
         nodes: Vec::new(),
         parties: vec![(n, ["three".to_owned()].into())],
         checkpoint: None,
+        epoch: None,
     })
     .await
     .unwrap();
@@ -398,6 +403,7 @@ async fn only_integration_steps_that_sign_a_checkpoint_wait_for_an_fsync() {
         nodes: Vec::new(),
         parties: vec![(0, ["x".to_owned()].into())],
         checkpoint: None,
+        epoch: None,
     })
     .await
     .unwrap();
@@ -414,6 +420,7 @@ async fn only_integration_steps_that_sign_a_checkpoint_wait_for_an_fsync() {
             note: "note\n".into(),
             signed_at_ms: 1,
         }),
+        epoch: None,
     })
     .await
     .unwrap();

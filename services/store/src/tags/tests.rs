@@ -1,5 +1,33 @@
 use super::*;
-use crate::LandingStore;
+use crate::{LandingStore, Sqlite, testing};
+
+/// Runs each case on SQLite and on PostgreSQL (skipped, with a printed
+/// line, without a test server).
+macro_rules! on_both {
+    ($($case:ident),* $(,)?) => {$(
+        mod $case {
+            #[tokio::test]
+            async fn sqlite() {
+                let (_dir, s) = super::open();
+                super::$case(s).await;
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                if let Some(s) = super::testing::postgres(concat!("tags_", stringify!($case))) {
+                    super::$case(s).await;
+                }
+            }
+        }
+    )*};
+}
+
+on_both!(
+    upsert_expire_and_purge,
+    request_ids_replay_or_refuse,
+    opt_out_deletes_and_blocks,
+    disclosures_filter,
+);
 
 const HOUR: i64 = 3_600_000;
 
@@ -48,9 +76,7 @@ fn open() -> (tempfile::TempDir, Sqlite) {
     (dir, s)
 }
 
-#[tokio::test]
-async fn upsert_expire_and_purge() {
-    let (_d, s) = open();
+async fn upsert_expire_and_purge(s: impl Database) {
     s.redeem(landing(1)).await.unwrap();
     let p = publication(1, vec![tag("x", "1", HOUR), tag("x", "2", 2 * HOUR)], 0);
     let Published::Stored(stored) = s.publish(p).await.unwrap() else {
@@ -82,9 +108,7 @@ async fn upsert_expire_and_purge() {
     assert!(s.referred_user([7; 16], 0).await.unwrap().is_none());
 }
 
-#[tokio::test]
-async fn request_ids_replay_or_refuse() {
-    let (_d, s) = open();
+async fn request_ids_replay_or_refuse(s: impl Database) {
     let mut p = publication(1, vec![tag("x", "1", HOUR)], 0);
     p.request = Some(("r1".into(), [1; 32]));
     let first = s.publish(p.clone()).await.unwrap();
@@ -95,9 +119,7 @@ async fn request_ids_replay_or_refuse() {
     assert_eq!(s.publish(p).await.unwrap(), Published::RequestReused);
 }
 
-#[tokio::test]
-async fn opt_out_deletes_and_blocks() {
-    let (_d, s) = open();
+async fn opt_out_deletes_and_blocks(s: impl Database) {
     s.redeem(landing(1)).await.unwrap();
     s.publish(publication(
         1,
@@ -125,10 +147,8 @@ async fn opt_out_deletes_and_blocks() {
     );
 }
 
-#[tokio::test]
-async fn disclosures_filter_and_read_without_the_lock() {
-    let (dir, s) = open();
-    let d = |at, reader: &str, uid| Disclosure {
+fn disclosure(at: i64, reader: &str, uid: u8) -> Disclosure {
+    Disclosure {
         disclosed_at_ms: at,
         owner: "a".into(),
         reader: reader.into(),
@@ -138,16 +158,23 @@ async fn disclosures_filter_and_read_without_the_lock() {
         namespaces: vec!["iab-audience".into(), "life-stage".into()],
         tag_count: 3,
         pseudonym_epoch: 1,
-    };
-    for x in [d(10, "b", 1), d(20, "c", 1), d(30, "b", 2)] {
-        s.record_disclosure(x).await.unwrap();
     }
-    let q = |reader: Option<&str>, uid: Option<u8>, since_ms| DisclosureQuery {
+}
+
+fn query(reader: Option<&str>, uid: Option<u8>, since_ms: i64) -> DisclosureQuery {
+    DisclosureQuery {
         owner: "a".into(),
         reader: reader.map(str::to_owned),
         uid: uid.map(|u| [u; 32]),
         since_ms,
-    };
+    }
+}
+
+async fn disclosures_filter(s: impl Database) {
+    let (d, q) = (disclosure, query);
+    for x in [d(10, "b", 1), d(20, "c", 1), d(30, "b", 2)] {
+        s.record_disclosure(x).await.unwrap();
+    }
     let all = s.disclosures(q(None, None, 0)).await.unwrap();
     assert_eq!(all.len(), 3);
     assert_eq!(all[0], d(10, "b", 1));
@@ -165,6 +192,16 @@ async fn disclosures_filter_and_read_without_the_lock() {
         ..q(None, None, 0)
     };
     assert!(s.disclosures(other_owner).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn disclosures_read_without_the_lock() {
+    let (dir, s) = open();
+    let (d, q) = (disclosure, query);
+    for x in [d(10, "b", 1), d(20, "c", 1), d(30, "b", 2)] {
+        s.record_disclosure(x).await.unwrap();
+    }
+    let ats = |v: Vec<Disclosure>| v.iter().map(|d| d.disclosed_at_ms).collect::<Vec<_>>();
     // While the store is open (and locked) by this handle.
     assert_eq!(
         ats(read_disclosures(dir.path(), &q(None, None, 0)).unwrap()),

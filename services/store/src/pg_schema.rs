@@ -1,0 +1,174 @@
+//! The PostgreSQL schema, versioned like SQLite's (`schema_migrations`),
+//! applied at start by whichever replica gets there first.
+//!
+//! The tables and columns are SQLite's, as they stand after all of
+//! [`crate::MIGRATIONS`], so every statement of the store runs on both:
+//! `INTEGER` is `BIGINT` (the store's integers are 64-bit), `BLOB` is
+//! `BYTEA`. Two tables exist only here, for several writers:
+//! `ledger_head`, the next ledger index (its row lock serialises appends
+//! across replicas), and `ledger_leader`, the integrator's election epoch
+//! (a signing write is fenced by it).
+
+use crate::Migration;
+
+/// Every migration of the PostgreSQL schema, in order.
+pub const MIGRATIONS: &[Migration] = &[INITIAL];
+
+const INITIAL: Migration = Migration {
+    name: "pg_0001_initial",
+    sql: "
+CREATE TABLE landings (
+    referral_id    BYTEA PRIMARY KEY,
+    agreement_id   TEXT NOT NULL,
+    from_partner   TEXT NOT NULL,
+    to_partner     TEXT NOT NULL,
+    chain          TEXT NOT NULL,
+    hop            BIGINT NOT NULL,
+    parent_id      BYTEA,
+    target         TEXT NOT NULL,
+    origin         TEXT NOT NULL,
+    origin_uid     BYTEA NOT NULL,
+    dest_uid       BYTEA NOT NULL,
+    issued_at_ms   BIGINT NOT NULL,
+    expires_at_ms  BIGINT NOT NULL,
+    redeemed_at_ms BIGINT NOT NULL,
+    tag_access     BIGINT NOT NULL
+);
+CREATE INDEX landings_by_dest ON landings (to_partner, dest_uid, redeemed_at_ms);
+
+CREATE TABLE ledger_entries (
+    idx            BIGINT PRIMARY KEY,
+    bytes          BYTEA NOT NULL,
+    leaf_hash      BYTEA NOT NULL,
+    parties        TEXT NOT NULL,
+    recorded_at_ms BIGINT NOT NULL
+);
+CREATE TABLE ledger_head (
+    id   BIGINT PRIMARY KEY CHECK (id = 0),
+    next BIGINT NOT NULL
+);
+INSERT INTO ledger_head (id, next) VALUES (0, 0);
+CREATE TABLE ledger_nodes (
+    level BIGINT NOT NULL,
+    idx   BIGINT NOT NULL,
+    hash  BYTEA NOT NULL,
+    PRIMARY KEY (level, idx)
+);
+CREATE TABLE ledger_tree (
+    id   BIGINT PRIMARY KEY CHECK (id = 0),
+    size BIGINT NOT NULL
+);
+INSERT INTO ledger_tree (id, size) VALUES (0, 0);
+CREATE TABLE ledger_checkpoints (
+    size         BIGINT PRIMARY KEY,
+    root         BYTEA NOT NULL,
+    note         TEXT NOT NULL,
+    signed_at_ms BIGINT NOT NULL
+);
+CREATE TABLE ledger_party_blocks (
+    partner   TEXT NOT NULL,
+    first_idx BIGINT NOT NULL,
+    last_idx  BIGINT NOT NULL,
+    gaps      BYTEA NOT NULL,
+    PRIMARY KEY (partner, last_idx)
+);
+CREATE TABLE ledger_leader (
+    id         BIGINT PRIMARY KEY CHECK (id = 0),
+    epoch      BIGINT NOT NULL,
+    holder     TEXT NOT NULL,
+    elected_at_ms BIGINT NOT NULL
+);
+INSERT INTO ledger_leader (id, epoch, holder, elected_at_ms) VALUES (0, 0, '', 0);
+
+CREATE TABLE quota_counters (
+    day   TEXT NOT NULL,
+    key   TEXT NOT NULL,
+    count BIGINT NOT NULL,
+    PRIMARY KEY (day, key)
+);
+
+CREATE TABLE conversions (
+    conversion_id    BYTEA PRIMARY KEY,
+    reporter         TEXT NOT NULL,
+    order_id         TEXT NOT NULL,
+    buyer_uid        BYTEA NOT NULL,
+    amount_minor     BIGINT NOT NULL,
+    currency         TEXT NOT NULL,
+    category         TEXT NOT NULL,
+    occurred_at_ms   BIGINT NOT NULL,
+    referral_id      BYTEA,
+    recorded_at_ms   BIGINT NOT NULL,
+    status           TEXT NOT NULL,
+    model            TEXT NOT NULL,
+    touches          BIGINT NOT NULL,
+    commission_minor BIGINT NOT NULL,
+    payouts          TEXT NOT NULL,
+    refunded_minor   BIGINT NOT NULL,
+    held             BIGINT NOT NULL,
+    hold_reason      TEXT NOT NULL,
+    confirmed_at_ms  BIGINT,
+    report_index     BIGINT NOT NULL,
+    report_leaf      BYTEA NOT NULL,
+    latest_index     BIGINT NOT NULL,
+    UNIQUE (reporter, order_id)
+);
+CREATE TABLE conversion_updates (
+    conversion_id  BYTEA NOT NULL,
+    seq            BIGINT NOT NULL,
+    event          TEXT NOT NULL,
+    request_id     TEXT NOT NULL,
+    refund_minor   BIGINT NOT NULL,
+    entry_index    BIGINT NOT NULL,
+    leaf_hash      BYTEA NOT NULL,
+    recorded_at_ms BIGINT NOT NULL,
+    PRIMARY KEY (conversion_id, seq)
+);
+
+CREATE TABLE tags (
+    owner           TEXT NOT NULL,
+    uid             BYTEA NOT NULL,
+    namespace       TEXT NOT NULL,
+    value           TEXT NOT NULL,
+    published_at_ms BIGINT NOT NULL,
+    expires_at_ms   BIGINT NOT NULL,
+    PRIMARY KEY (owner, uid, namespace, value)
+);
+CREATE INDEX tags_by_expiry ON tags (expires_at_ms);
+CREATE TABLE tag_requests (
+    owner           TEXT NOT NULL,
+    request_id      TEXT NOT NULL,
+    fingerprint     BYTEA NOT NULL,
+    published_at_ms BIGINT NOT NULL,
+    expires_at_ms   BIGINT NOT NULL,
+    PRIMARY KEY (owner, request_id)
+);
+CREATE INDEX tag_requests_by_expiry ON tag_requests (expires_at_ms);
+CREATE TABLE tag_opt_outs (
+    uid              BYTEA PRIMARY KEY,
+    owner            TEXT NOT NULL,
+    opted_out_at_ms  BIGINT NOT NULL
+);
+CREATE TABLE tag_disclosures (
+    id              BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+    disclosed_at_ms BIGINT NOT NULL,
+    owner           TEXT NOT NULL,
+    reader          TEXT NOT NULL,
+    uid             BYTEA NOT NULL,
+    agreement_id    TEXT NOT NULL,
+    referral_id     BYTEA NOT NULL,
+    namespaces      TEXT NOT NULL,
+    tag_count       BIGINT NOT NULL,
+    pseudonym_epoch BIGINT NOT NULL
+);
+CREATE INDEX tag_disclosures_by_owner ON tag_disclosures (owner, disclosed_at_ms);
+CREATE INDEX tag_disclosures_by_reader ON tag_disclosures (reader, disclosed_at_ms);
+
+CREATE TABLE ledger_periods (
+    period               TEXT PRIMARY KEY,
+    anchor_size          BIGINT NOT NULL,
+    previous_anchor_size BIGINT NOT NULL,
+    timezone             TEXT NOT NULL,
+    closed_at_ms         BIGINT NOT NULL
+);
+",
+};
