@@ -187,8 +187,8 @@ struct Totals {
     kills: u64,
     /// Time from a kill of the leader to a survivor's "leads" line.
     failovers: Vec<Duration>,
-    /// Time from a kill (or a PostgreSQL restart) to a checkpoint covering
-    /// every acknowledged entry at the survivors.
+    /// Time from the end of a cycle's load to a checkpoint covering every
+    /// acknowledged entry at the survivors.
     covered: Vec<Duration>,
     postgres_restarts: u64,
     /// Cycles whose figures are counted (the last one may have failed).
@@ -218,7 +218,8 @@ struct Event {
     command: Option<Duration>,
     /// The replica that won the lead after the event, and when.
     led: Option<(usize, Duration)>,
-    /// When a checkpoint at the survivors covered every acknowledged entry.
+    /// How long after the end of the load a checkpoint at the survivors
+    /// covered every acknowledged entry.
     covered: Option<Duration>,
 }
 
@@ -476,6 +477,8 @@ async fn run(cli: Cli) -> Result<bool, BoxError> {
             w.await?;
         }
         let seen = watcher.await?;
+        // Every answer is in: what is acknowledged now must be checkpointed.
+        let load_ended = Instant::now();
         if shared {
             // The survivors (all replicas, after a PostgreSQL restart) must
             // sign a checkpoint covering every acknowledged entry; a kill of
@@ -487,7 +490,7 @@ async fn run(cli: Cli) -> Result<bool, BoxError> {
                 &book,
                 &fleet,
                 &wins,
-                t_event,
+                (t_event, load_ended),
                 expect_lead,
                 &mut event.led,
             )
@@ -690,7 +693,7 @@ async fn run(cli: Cli) -> Result<bool, BoxError> {
         let mut covered = totals.covered.clone();
         covered.sort();
         println!(
-            "replicas: {n} on PostgreSQL; {} SIGKILLs of a replica ({} of the leader: a survivor led after median {:.2} s, max {:.2} s), {} PostgreSQL restart(s); every acknowledged entry checkpointed by the replicas up after median {:.2} s, max {:.2} s from the event; {} writes refused with STORE_UNAVAILABLE and all retried: {} ({} were written after all)",
+            "replicas: {n} on PostgreSQL; {} SIGKILLs of a replica ({} of the leader: a survivor led after median {:.2} s, max {:.2} s), {} PostgreSQL restart(s); every acknowledged entry checkpointed by the replicas up median {:.2} s, max {:.2} s after the load ended; {} writes refused with STORE_UNAVAILABLE and all retried: {} ({} were written after all)",
             totals.kills,
             failovers.len(),
             secs(median(&failovers)),
@@ -745,7 +748,7 @@ fn describe(e: &Event, delay: u64) -> String {
     };
     let covered = match e.covered {
         Some(d) => format!(
-            ", every acknowledged entry checkpointed after {:.2} s",
+            ", every acknowledged entry checkpointed {:.2} s after the load",
             d.as_secs_f64()
         ),
         None => ", acknowledged entries NOT checkpointed".to_owned(),
@@ -811,9 +814,10 @@ async fn watch_lead(
     }
 }
 
-/// Waits (until [`COVER_WITHIN`] after `t0`) for a checkpoint at the
-/// replicas up that covers every acknowledged and every stored entry, and,
-/// if `expect_lead`, for a new lead. When it came, and (needed, newest size).
+/// Waits (until [`COVER_WITHIN`] after `t0`, the event) for a checkpoint at
+/// the replicas up that covers every acknowledged and every stored entry,
+/// and, if `expect_lead`, for a new lead. How long after `ended` (the end of
+/// the load) it came, and (needed, newest size).
 #[allow(clippy::too_many_arguments)]
 async fn await_coverage(
     clients: &Clients,
@@ -821,7 +825,7 @@ async fn await_coverage(
     book: &Mutex<Book>,
     fleet: &Fleet,
     wins: &[usize],
-    t0: Instant,
+    (t0, ended): (Instant, Instant),
     expect_lead: bool,
     led: &mut Option<(usize, Duration)>,
 ) -> Result<(Option<Duration>, u64, u64), BoxError> {
@@ -853,7 +857,7 @@ async fn await_coverage(
                 let size = c.into_inner().checkpoint.map_or(0, |c| c.size);
                 got = got.max(size);
                 if size >= need {
-                    covered = Some(t0.elapsed());
+                    covered = Some(ended.elapsed());
                 }
             }
         }
