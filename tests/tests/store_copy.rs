@@ -159,7 +159,7 @@ async fn traffic(p: &Partners, clock: &dyn Clock, i: u32) -> u64 {
         .unwrap()
         .into_inner();
     let mut last = reported.entry.unwrap().index;
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         let updated = beta
             .update_conversion(UpdateConversionRequest {
                 order_id: order,
@@ -250,35 +250,24 @@ fn last_month() -> (String, i64) {
 
 #[tokio::test]
 async fn a_federation_moves_from_sqlite_to_postgres() {
-    let t0 = std::time::Instant::now(); // TIMING
     let Some(url) = database("store_copy") else {
         return;
     };
-    eprintln!("TIMING 1 {:?}", t0.elapsed()); // TIMING
     let (month, at) = last_month();
-    eprintln!("TIMING 2 {:?}", t0.elapsed()); // TIMING
     let clock = Arc::new(OffsetClock::starting_at(at));
-    eprintln!("TIMING 3 {:?}", t0.elapsed()); // TIMING
     let mut gw = TestGateway::builder()
         .clock(clock.clone())
         .body(body())
         .start()
         .await;
     let from = gw.bed().config_path();
-    eprintln!("TIMING 4 {:?}", t0.elapsed()); // TIMING
     let to = gw.dir().join("crossflow-postgres.toml");
-    eprintln!("TIMING 5 {:?}", t0.elapsed()); // TIMING
     let sqlite_toml = std::fs::read_to_string(&from).unwrap();
-    eprintln!("TIMING 6 {:?}", t0.elapsed()); // TIMING
     std::fs::write(&to, format!("{sqlite_toml}\n{}", postgres_store_toml(&url))).unwrap();
-    eprintln!("TIMING 7 {:?}", t0.elapsed()); // TIMING
     let (from_arg, to_arg) = (from.to_str().unwrap(), to.to_str().unwrap());
-    eprintln!("TIMING 8 {:?}", t0.elapsed()); // TIMING
 
     let p = Partners::of(gw.bed(), gw.addr()).await;
-    eprintln!("TIMING 9 {:?}", t0.elapsed()); // TIMING
     let mut last = 0;
-    eprintln!("TIMING 10 {:?}", t0.elapsed()); // TIMING
     for i in 0..40 {
         last = traffic(&p, clock.as_ref(), i).await;
     }
@@ -289,30 +278,21 @@ async fn a_federation_moves_from_sqlite_to_postgres() {
         .await
         .unwrap();
     checkpointed(p.alpha.clone(), last).await;
-    eprintln!("TIMING 11 {:?}", t0.elapsed()); // TIMING
 
     // Never beside a running gateway.
     let busy = run_cli(&["store", "copy", "--from", from_arg, "--to", to_arg]);
-    eprintln!("TIMING 12 {:?}", t0.elapsed()); // TIMING
     assert!(!busy.status.success(), "{busy:?}");
-    eprintln!("TIMING 13 {:?}", t0.elapsed()); // TIMING
     assert!(
         busy.stderr.contains("in use by a running gateway"),
         "{busy:?}"
     );
-    eprintln!("TIMING 14 {:?}", t0.elapsed()); // TIMING
     drop(p);
-    eprintln!("TIMING 15 {:?}", t0.elapsed()); // TIMING
     gw.shutdown().await;
-    eprintln!("TIMING 16 {:?}", t0.elapsed()); // TIMING
 
     // The month has ended (on the wall clock): close it, and export it.
     let closed = run_cli(&["ledger", "close", "--period", &month, "--config", from_arg]);
-    eprintln!("TIMING 17 {:?}", t0.elapsed()); // TIMING
     assert!(closed.status.success(), "{closed:?}");
-    eprintln!("TIMING 18 {:?}", t0.elapsed()); // TIMING
     let exports = tempfile::tempdir().unwrap();
-    eprintln!("TIMING 19 {:?}", t0.elapsed()); // TIMING
     let export = |config: &str, dir: &str| {
         let out = exports.path().join(dir);
         let args = [
@@ -324,77 +304,50 @@ async fn a_federation_moves_from_sqlite_to_postgres() {
         assert!(r.status.success(), "{r:?}");
         files(&out)
     };
-    eprintln!("TIMING 20 {:?}", t0.elapsed()); // TIMING
     let sqlite_export = export(from_arg, "sqlite");
-    eprintln!("TIMING 21 {:?}", t0.elapsed()); // TIMING
 
     let copied = run_cli(&["store", "copy", "--from", from_arg, "--to", to_arg]);
-    eprintln!("TIMING 22 {:?}", t0.elapsed()); // TIMING
     assert!(copied.status.success(), "{copied:?}");
-    eprintln!("TIMING 23 {:?}", t0.elapsed()); // TIMING
     println!("{}", copied.stdout);
-    eprintln!("TIMING 24 {:?}", t0.elapsed()); // TIMING
     assert!(copied.stdout.contains("in one transaction"), "{copied:?}");
-    eprintln!("TIMING 25 {:?}", t0.elapsed()); // TIMING
     assert!(
         copied.stdout.contains("fsck of the copy: ledger OK"),
         "{copied:?}"
     );
-    eprintln!("TIMING 26 {:?}", t0.elapsed()); // TIMING
     // The URL is never printed, only its host.
     assert!(!copied.stdout.contains(&url), "{copied:?}");
-    eprintln!("TIMING 27 {:?}", t0.elapsed()); // TIMING
 
     let fsck = run_cli(&["ledger", "fsck", "--config", to_arg]);
-    eprintln!("TIMING 28 {:?}", t0.elapsed()); // TIMING
     assert!(fsck.status.success(), "{fsck:?}");
-    eprintln!("TIMING 29 {:?}", t0.elapsed()); // TIMING
     assert!(fsck.stdout.starts_with("ledger OK"), "{fsck:?}");
-    eprintln!("TIMING 30 {:?}", t0.elapsed()); // TIMING
     assert_eq!(export(to_arg, "postgres"), sqlite_export);
-    eprintln!("TIMING 31 {:?}", t0.elapsed()); // TIMING
 
     // Every row, and the same root at every checkpoint size on both sides.
     let data_dir = gw.data_dir();
-    eprintln!("TIMING 32 {:?}", t0.elapsed()); // TIMING
     let lite = Sqlite::open(&data_dir).unwrap();
-    eprintln!("TIMING 33 {:?}", t0.elapsed()); // TIMING
     let on_lite = lite.read_blocking(|c| Ok(picture(c))).unwrap();
-    eprintln!("TIMING 34 {:?}", t0.elapsed()); // TIMING
     lite.db().close();
-    eprintln!("TIMING 35 {:?}", t0.elapsed()); // TIMING
     drop(lite);
-    eprintln!("TIMING 36 {:?}", t0.elapsed()); // TIMING
     let pg = tokio::task::spawn_blocking({
         let url = url.clone();
         move || Postgres::connect(&url, pg_schema::MIGRATIONS).unwrap()
     })
     .await
     .unwrap();
-    eprintln!("TIMING 37 {:?}", t0.elapsed()); // TIMING
     let on_pg = pg.read(|c| Ok(picture(c))).await.unwrap();
-    eprintln!("TIMING 38 {:?}", t0.elapsed()); // TIMING
     assert_eq!(on_pg, on_lite);
-    eprintln!("TIMING 39 {:?}", t0.elapsed()); // TIMING
     let (counts, checkpoints, entries) = &on_pg;
-    eprintln!("TIMING 40 {:?}", t0.elapsed()); // TIMING
     assert!(counts.iter().all(|(_, n)| *n > 0), "{counts:?}");
-    eprintln!("TIMING 41 {:?}", t0.elapsed()); // TIMING
     assert!(checkpoints.len() > 1 && *entries > 40, "{on_pg:?}");
-    eprintln!("TIMING 42 {:?}", t0.elapsed()); // TIMING
 
     // Only into an empty database.
     let again = run_cli(&["store", "copy", "--from", from_arg, "--to", to_arg]);
-    eprintln!("TIMING 43 {:?}", t0.elapsed()); // TIMING
     assert!(!again.status.success(), "{again:?}");
-    eprintln!("TIMING 44 {:?}", t0.elapsed()); // TIMING
     assert!(again.stderr.contains("not empty"), "{again:?}");
-    eprintln!("TIMING 45 {:?}", t0.elapsed()); // TIMING
 
     // A gateway on the copy carries on: the next entry follows the last
     // copied one, and a new disclosure gets a fresh id.
     let settings = Settings::load(&to).unwrap();
-    eprintln!("TIMING 46 {:?}", t0.elapsed()); // TIMING
     let running = crossflow_gateway::server::start_with_clock(
         settings,
         Some(SocketAddr::from(([127, 0, 0, 1], 0))),
@@ -402,33 +355,20 @@ async fn a_federation_moves_from_sqlite_to_postgres() {
     )
     .await
     .unwrap();
-    eprintln!("TIMING 47 {:?}", t0.elapsed()); // TIMING
     clock.jump_to(at + DAY);
-    eprintln!("TIMING 48 {:?}", t0.elapsed()); // TIMING
     let p = Partners::of(gw.bed(), running.addr).await;
-    eprintln!("TIMING 49 {:?}", t0.elapsed()); // TIMING
     let next = traffic(&p, clock.as_ref(), 41).await;
-    eprintln!("TIMING 50 {:?}", t0.elapsed()); // TIMING
     assert!(
         next >= *entries,
         "entry {next} after {entries} copied entries"
     );
-    eprintln!("TIMING 51 {:?}", t0.elapsed()); // TIMING
     checkpointed(p.alpha.clone(), next).await;
-    eprintln!("TIMING 52 {:?}", t0.elapsed()); // TIMING
     drop(p);
-    eprintln!("TIMING 53 {:?}", t0.elapsed()); // TIMING
     running.shutdown().await.unwrap();
-    eprintln!("TIMING 54 {:?}", t0.elapsed()); // TIMING
     let fsck = run_cli(&["ledger", "fsck", "--config", to_arg]);
-    eprintln!("TIMING 55 {:?}", t0.elapsed()); // TIMING
     assert!(fsck.status.success(), "{fsck:?}");
-    eprintln!("TIMING 56 {:?}", t0.elapsed()); // TIMING
     let grown = pg.read(|c| Ok(picture(c))).await.unwrap();
-    eprintln!("TIMING 57 {:?}", t0.elapsed()); // TIMING
     // What was signed before the copy is still there, unchanged.
     assert_eq!(&grown.1[..checkpoints.len()], &checkpoints[..]);
-    eprintln!("TIMING 58 {:?}", t0.elapsed()); // TIMING
     pg.close();
-    eprintln!("TIMING 59 {:?}", t0.elapsed()); // TIMING
 }

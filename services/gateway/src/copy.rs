@@ -7,8 +7,8 @@
 //! Every table is then copied in ONE target transaction, which first locks
 //! every table (a replica started meanwhile waits rather than writing
 //! beside the copy) and is verified before it commits: row counts, the
-//! ledger fsck, the latest checkpoint, and a consistency proof from the
-//! last SQLite checkpoint to the copied tree. A failed copy leaves the
+//! ledger fsck, the latest checkpoint, and consistency proofs from the
+//! last SQLite checkpoints to the copied tree. A failed copy leaves the
 //! target as empty as it found it.
 //!
 //! Rows are read and bound through the store's neutral `Conn` only, by the
@@ -27,6 +27,8 @@ use crossflow_store::{
     sql::{Conn, ConnExt, Row, RowExt, Value, to_i64},
     values,
 };
+
+use self::Ty::{Blob, Int, Text};
 
 /// Rows per multi-row INSERT, at most (PostgreSQL binds at most 65535
 /// parameters per statement; the widest table has 22 columns).
@@ -48,8 +50,6 @@ struct Table {
     order_by: &'static str,
     columns: &'static [(&'static str, Ty)],
 }
-
-use Ty::{Blob, Int, Text};
 
 /// Every table of the store's data, with its columns as SQLite and
 /// PostgreSQL store them (nullable ones are read as NULL too).
@@ -263,9 +263,9 @@ pub struct Copied {
     pub rows: Vec<(&'static str, u64)>,
     pub tree_size: u64,
     pub root: merkle::Hash,
-    /// The latest checkpoint (the same on both sides) and the number of
-    /// hashes in the consistency proof from it to the copied tree.
-    pub checkpoint: Option<(u64, usize)>,
+    /// The source checkpoints (size) a consistency proof from which to the
+    /// copied tree verified, latest first, with the proof's hash count.
+    pub proofs: Vec<(u64, usize)>,
     pub fsck: fsck::Report,
     pub millis: u128,
 }
@@ -325,12 +325,18 @@ impl Copied {
             self.tree_size,
             crossflow_ledger::cli::base64_hash(&self.root)
         );
-        match self.checkpoint {
-            Some((size, hashes)) => {
+        match self.proofs.first() {
+            Some((latest, _)) => {
+                let from: Vec<String> = self
+                    .proofs
+                    .iter()
+                    .map(|(size, hashes)| format!("{size} ({hashes} hashes)"))
+                    .collect();
                 let _ = writeln!(
                     out,
-                    "checkpoint {size} is the source's latest; consistency proof {size} -> {} ({hashes} hashes) verifies",
-                    self.tree_size
+                    "checkpoint {latest} is the source's latest; consistency proofs to the copied tree of size {} verify from checkpoints {}",
+                    self.tree_size,
+                    from.join(", ")
                 );
             }
             None => out.push_str("no checkpoint was signed yet\n"),
@@ -585,7 +591,7 @@ fn copy_table(src: &dyn Conn, dst: &dyn Conn, t: &Table) -> Result<u64, CopyErro
 
 /// Checks the copy inside its transaction: row counts, the ledger fsck of
 /// the target, the latest checkpoint, and consistency of the copied tree
-/// with the source's last checkpoint.
+/// with the source's last two checkpoints.
 fn verify(
     src: &dyn Conn,
     dst: &dyn Conn,
@@ -632,34 +638,33 @@ fn verify(
             crossflow_ledger::cli::base64_hash(&root)
         )));
     }
-    let checkpoint = match &src_latest {
-        None => None,
-        Some(c) => {
-            // The empty tree is a prefix of every tree: nothing to prove.
-            let proof = if c.size == 0 {
-                Vec::new()
-            } else {
-                let proof =
-                    merkle::consistency_proof(c.size, tree_size, &StoreNodes(dst)).map_err(tree)?;
-                merkle::verify_consistency(c.size, tree_size, &proof, &c.root, &root).map_err(
-                    |e| {
-                        bad(format!(
-                            "consistency from the source's checkpoint {} to the copied tree of size {tree_size}: {e}",
-                            c.size
-                        ))
-                    },
-                )?;
-                proof
-            };
-            Some((c.size, proof.len()))
+    // The latest checkpoint, and the newest before it: when the latest
+    // covers the whole tree its proof is empty, the other's is not.
+    let signed = ledger::checkpoints(src).map_err(CopyError::Source)?;
+    let latest = signed.last();
+    let before = latest.and_then(|l| signed.iter().rev().find(|c| c.size > 0 && c.size < l.size));
+    let mut proofs = Vec::new();
+    for c in latest.into_iter().chain(before) {
+        // The empty tree is a prefix of every tree: nothing to prove.
+        if c.size == 0 {
+            proofs.push((0, 0));
+            continue;
         }
-    };
+        let proof = merkle::consistency_proof(c.size, tree_size, &StoreNodes(dst)).map_err(tree)?;
+        merkle::verify_consistency(c.size, tree_size, &proof, &c.root, &root).map_err(|e| {
+            bad(format!(
+                "consistency from the source's checkpoint {} to the copied tree of size {tree_size}: {e}",
+                c.size
+            ))
+        })?;
+        proofs.push((c.size, proof.len()));
+    }
     Ok(Copied {
         host: String::new(),
         rows,
         tree_size,
         root,
-        checkpoint,
+        proofs,
         fsck: report,
         millis: 0,
     })

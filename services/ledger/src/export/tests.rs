@@ -65,7 +65,7 @@ fn entries(n: u64, at_ms: i64) -> Vec<(Vec<u8>, Vec<&'static str>)> {
         "touches": [{"weight": 1, "shares": shares}]});
     report["postings"] = json!(postings);
     let mut out = vec![(serde_json::to_vec(&report).unwrap(), parties.clone())];
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         let mut confirm = base;
         confirm["event"] = json!("confirmed");
         confirm["status"] = json!("confirmed");
