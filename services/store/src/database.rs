@@ -6,9 +6,7 @@
 
 use std::{future::Future, sync::Arc};
 
-use crate::{
-    Durability, Postgres, Sqlite, StoreError, WriterStats, ledger::Handoff, sql::Conn,
-};
+use crate::{Durability, Postgres, Sqlite, StoreError, WriterStats, ledger::Handoff, sql::Conn};
 
 /// A database the store's traits run on.
 pub trait Database: Clone + Send + Sync + 'static {

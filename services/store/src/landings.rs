@@ -97,9 +97,11 @@ impl<D: Database> LandingStore for D {
                 if insert(conn, &written)? {
                     return Ok(None);
                 }
-                select(conn, &written.referral_id)?.map(Some).ok_or_else(|| {
-                    StoreError::Corrupt("a landing conflicted but is not stored".into())
-                })
+                select(conn, &written.referral_id)?
+                    .map(Some)
+                    .ok_or_else(|| {
+                        StoreError::Corrupt("a landing conflicted but is not stored".into())
+                    })
             })
             .await?;
         Ok(match existing {

@@ -403,7 +403,11 @@ impl<'c> Appender<'c> {
         )?;
         if index == 1
             && conn
-                .query_opt("SELECT 1 FROM ledger_entries WHERE idx = 0", &[], |_| Ok(()))?
+                .query_opt(
+                    "SELECT 1 FROM ledger_entries WHERE idx = 0",
+                    &[],
+                    |_| Ok(()),
+                )?
                 .is_none()
         {
             conn.execute("UPDATE ledger_entries SET idx = 0 WHERE idx = 1", &[])?;
@@ -860,13 +864,16 @@ pub fn integrate(conn: &dyn Conn, step: &Integration) -> Result<(), StoreError> 
     // The step extends the stored tree by one leaf per party entry: from
     // any other size, it was computed from a tree some other integrator
     // has moved on from since.
-    let from = step.size.checked_sub(step.parties.len() as u64).ok_or_else(|| {
-        StoreError::Corrupt(format!(
-            "integration to size {} with {} leaves",
-            step.size,
-            step.parties.len()
-        ))
-    })?;
+    let from = step
+        .size
+        .checked_sub(step.parties.len() as u64)
+        .ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "integration to size {} with {} leaves",
+                step.size,
+                step.parties.len()
+            ))
+        })?;
     let moved = conn.execute(
         "UPDATE ledger_tree SET size = ?1 WHERE id = 0 AND size = ?2",
         values![to_i64(step.size)?, to_i64(from)?],

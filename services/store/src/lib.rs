@@ -23,15 +23,14 @@ pub mod testing;
 
 use std::{path::Path, sync::Arc};
 
+pub use conversions::ConversionStore;
 pub use database::{Database, Store};
 pub use db::{Db, Durability, Migration, WriterStats};
-pub use pg::Postgres;
-pub use conversions::ConversionStore;
 pub use landings::{Landing, LandingStore, Redeemed};
 pub use ledger::{LedgerStore, Sequenced};
+pub use pg::Postgres;
 pub use quotas::QuotaCounterStore;
 pub use tags::{OptOutLookup, TagStore};
-
 
 /// A storage failure. Cloneable because one commit failure answers every
 /// write of its batch.

@@ -132,7 +132,8 @@ async fn a_referral_redeemed_at_two_replicas_at_once_lands_once() {
         let (ra, rb) = tokio::join!(a.redeem(x.clone()), b.redeem(y.clone()));
         let (ra, rb) = (ra.unwrap(), rb.unwrap());
         let winner = match (&ra, &rb) {
-            (Redeemed::New(w), Redeemed::Existing(e)) | (Redeemed::Existing(e), Redeemed::New(w)) => {
+            (Redeemed::New(w), Redeemed::Existing(e))
+            | (Redeemed::Existing(e), Redeemed::New(w)) => {
                 assert_eq!(w, e, "round {round}: the loser sees the winner's landing");
                 w.clone()
             }
@@ -204,8 +205,13 @@ async fn one_replica_leads_and_a_deposed_leader_cannot_write() {
     let b = replica("leader");
     let mut ca = Candidate::new(a.clone(), "a");
     let mut cb = Candidate::new(b.clone(), "b");
-    let lease_a = crate::pg::off_runtime(|| ca.try_lead(1)).unwrap().expect("the first candidate leads");
-    assert!(crate::pg::off_runtime(|| cb.try_lead(2)).unwrap().is_none(), "one leader at a time");
+    let lease_a = crate::pg::off_runtime(|| ca.try_lead(1))
+        .unwrap()
+        .expect("the first candidate leads");
+    assert!(
+        crate::pg::off_runtime(|| cb.try_lead(2)).unwrap().is_none(),
+        "one leader at a time"
+    );
     let (lease_a, held) = crate::pg::off_runtime(move || {
         let held = lease_a.still_held();
         (lease_a, held)
@@ -228,7 +234,10 @@ async fn one_replica_leads_and_a_deposed_leader_cannot_write() {
         if let Some(l) = crate::pg::off_runtime(|| cb.try_lead(3)).unwrap() {
             break l;
         }
-        assert!(std::time::Instant::now() < deadline, "the lock was never freed");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lock was never freed"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     };
     assert!(lease_b.epoch() > old);

@@ -178,7 +178,8 @@ pub trait RowExt: Row {
     /// A 32-bit integer column.
     fn int32<T: TryFrom<i64>>(&self, idx: usize) -> Result<T, StoreError> {
         let v = self.int(idx)?;
-        T::try_from(v).map_err(|_| StoreError::Corrupt(format!("column {idx} is out of range: {v}")))
+        T::try_from(v)
+            .map_err(|_| StoreError::Corrupt(format!("column {idx} is out of range: {v}")))
     }
 }
 

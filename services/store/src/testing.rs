@@ -47,7 +47,13 @@ pub fn fresh_database(name: &str) -> Option<String> {
 fn make_database(admin: &str, name: &str) -> String {
     let db: String = format!("crossflow_test_{name}")
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
         .collect();
     let mut client = postgres::Client::connect(admin, postgres::NoTls)
         .unwrap_or_else(|e| panic!("{name}: cannot connect to {POSTGRES_URL_ENV}: {e}"));

@@ -1,7 +1,7 @@
 use rusqlite::{Connection, params};
 
-use crate::Sqlite;
 use super::*;
+use crate::Sqlite;
 
 fn open() -> (tempfile::TempDir, Sqlite) {
     let dir = tempfile::tempdir().unwrap();
