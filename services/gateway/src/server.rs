@@ -66,6 +66,8 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("{0}")]
     TagSettings(String),
+    #[error(transparent)]
+    Quota(#[from] crossflow_quota::QuotaError),
 }
 
 /// A gateway serving in the background.
@@ -137,6 +139,41 @@ impl Drop for Running {
             let _ = tx.send(());
         }
     }
+}
+
+/// The health service name that says where quota decisions are made:
+/// SERVING while the configured backend answers (always, for `local`),
+/// NOT_SERVING while Redis is out of reach and this replica falls back to
+/// its own limiter or refuses.
+pub const QUOTA_HEALTH_SERVICE: &str = "crossflow.quota.backend";
+
+/// Keeps [`QUOTA_HEALTH_SERVICE`] in step with the quota backend.
+fn watch_quota_backend(
+    quotas: Arc<Quotas>,
+    health: tonic_health::server::HealthReporter,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut last = None;
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            let up = matches!(
+                quotas.backend_state(),
+                crossflow_quota::BackendState::Local | crossflow_quota::BackendState::Redis
+            );
+            if last != Some(up) {
+                last = Some(up);
+                let status = if up {
+                    tonic_health::ServingStatus::Serving
+                } else {
+                    tonic_health::ServingStatus::NotServing
+                };
+                health
+                    .set_service_status(QUOTA_HEALTH_SERVICE, status)
+                    .await;
+            }
+        }
+    })
 }
 
 /// How this replica names itself as the ledger's leader (`ledger_leader`
@@ -219,7 +256,7 @@ pub async fn start_with_clock(
     let store = open_store(&settings).await?;
     let handle = SettingsHandle::new(settings);
     // Today's daily quota counters come back before the first call.
-    let quotas = Arc::new(Quotas::new(handle.clone()));
+    let quotas = Arc::new(Quotas::connect(handle.clone()).await?);
     quotas.restore(&store).await?;
 
     let referrals = Referrals::new(store.clone(), keys.clone(), handle.clone(), clock.clone())
@@ -321,6 +358,7 @@ pub async fn start_with_clock(
         crate::telemetry::watch_store(store.clone()),
         reloader.spawn(),
         crossflow_tags::spawn_purger(store.clone(), crossflow_tags::PURGE_EVERY),
+        watch_quota_backend(quotas.clone(), health_reporter.clone()),
     ];
 
     let addr = listen_override.unwrap_or(g.listen);

@@ -50,10 +50,7 @@ mod tests;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    sync::{
-        Arc, Mutex, RwLock,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, Mutex, RwLock},
     time::{Duration, Instant},
 };
 
@@ -192,9 +189,6 @@ pub struct Quotas {
     /// the fallback limiter, and `daily.dirty` holds what it counted for
     /// Redis rather than for the store.
     shared: Option<Arc<Shared>>,
-    /// A synchronous check could not reach Redis (no multi-threaded
-    /// runtime) and said so once.
-    warned_sync: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -237,7 +231,6 @@ impl Quotas {
                 dirty: BTreeMap::new(),
             }),
             shared: None,
-            warned_sync: AtomicBool::new(false),
         }
     }
 
@@ -479,21 +472,16 @@ impl Quotas {
         )
     }
 
-    /// Admits or refuses one call of `class` by `partner`, now. With the
-    /// Redis backend this blocks the thread for the round trip (prefer
-    /// [`Quotas::admit_async`]).
+    /// Admits or refuses one call of `class` by `partner`, now, on this
+    /// process's own engine (what [`Quotas::admit_async`] does without
+    /// Redis, at no cost of a future).
     pub fn admit(&self, partner: &str, class: QuotaClass) -> Result<(), Problem> {
-        let now_ms = crossflow_api::clock::now_ms();
-        match &self.shared {
-            None => self.admit_at(partner, class, Instant::now(), now_ms),
-            Some(shared) => self
-                .blocking(self.admit_async(partner, class))
-                .unwrap_or_else(|| {
-                    self.without_redis(shared, "call", || {
-                        self.admit_at(partner, class, Instant::now(), now_ms)
-                    })
-                }),
-        }
+        self.admit_at(
+            partner,
+            class,
+            Instant::now(),
+            crossflow_api::clock::now_ms(),
+        )
     }
 
     /// [`Quotas::admit`] at a given instant (monotonic, for the rate) and
@@ -565,19 +553,10 @@ impl Quotas {
     }
 
     /// Admits or refuses one referral hop `flow.from -> flow.to` under
-    /// `agreement`, counting it when admitted. With the Redis backend this
-    /// blocks the thread for the round trip (prefer
-    /// [`Quotas::admit_hop_async`]).
+    /// `agreement` on this process's own engine, counting it when admitted
+    /// (the referral service goes through [`Quotas::admit_hop_async`]).
     pub fn admit_hop(&self, agreement: &raw::Agreement, flow: &raw::Flow) -> Result<(), Problem> {
-        let now_ms = crossflow_api::clock::now_ms();
-        match &self.shared {
-            None => self.admit_hop_at(agreement, flow, now_ms),
-            Some(shared) => self
-                .blocking(self.admit_hop_async(agreement, flow))
-                .unwrap_or_else(|| {
-                    self.without_redis(shared, "hop", || self.admit_hop_at(agreement, flow, now_ms))
-                }),
-        }
+        self.admit_hop_at(agreement, flow, crossflow_api::clock::now_ms())
     }
 
     /// [`Quotas::admit_hop`] at a given Unix ms, for tests.
@@ -643,15 +622,9 @@ impl Quotas {
         self.settings.get().partner(partner).is_some()
     }
 
-    /// Where `partner` stands against every quota that applies to it. With
-    /// the Redis backend this blocks the thread for the round trip (prefer
-    /// [`Quotas::report_async`]).
+    /// Where `partner` stands against every quota of this process's own
+    /// engine (GetQuotaStatus uses [`Quotas::report_async`]).
     pub fn report(&self, partner: &str) -> Report {
-        if self.shared.is_some()
-            && let Some(r) = self.blocking(self.report_async(partner))
-        {
-            return r;
-        }
         self.report_at(partner, Instant::now(), crossflow_api::clock::now_ms())
     }
 
@@ -826,29 +799,6 @@ impl Quotas {
             calls = counts.iter().map(|c| c.2).sum::<u64>(),
             "added the calls admitted during the quota backend outage to the shared counters"
         );
-    }
-
-    /// Runs `f` to completion from synchronous code (the [`HopGuard`]
-    /// trait is synchronous), moving this worker's other tasks away
-    /// meanwhile. `None` off a multi-threaded tokio runtime, where that is
-    /// impossible: the caller then decides as if Redis were unavailable.
-    ///
-    /// [`HopGuard`]: crossflow_referrals::HopGuard
-    fn blocking<F: Future>(&self, f: F) -> Option<F::Output> {
-        let handle = tokio::runtime::Handle::try_current().ok();
-        match handle {
-            Some(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-                Some(tokio::task::block_in_place(|| h.block_on(f)))
-            }
-            _ => {
-                if !self.warned_sync.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(
-                        "a synchronous quota check cannot wait for redis outside a multi-threaded tokio runtime; decided as if redis were unavailable (use the _async methods)"
-                    );
-                }
-                None
-            }
-        }
     }
 }
 
@@ -1127,8 +1077,12 @@ fn reject_all(overs: Vec<Over>) -> Problem {
 
 // The referral service asks before minting a hop.
 impl crossflow_referrals::HopGuard for Quotas {
-    fn admit_hop(&self, agreement: &raw::Agreement, flow: &raw::Flow) -> Result<(), Problem> {
-        Quotas::admit_hop(self, agreement, flow)
+    fn admit_hop<'a>(
+        &'a self,
+        agreement: &'a raw::Agreement,
+        flow: &'a raw::Flow,
+    ) -> crossflow_referrals::HopAdmission<'a> {
+        Box::pin(self.admit_hop_async(agreement, flow))
     }
 }
 

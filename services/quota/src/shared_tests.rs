@@ -255,17 +255,12 @@ async fn daily_caps_and_hop_limits_are_shared_by_replicas() {
             Some((Kind::ResourceExhausted, "RECIPROCITY_LIMIT_REACHED"))
         );
     }
-    // beta's hops back lift it; through the synchronous HopGuard as the
-    // referral service calls it.
+    // beta's hops back lift it; through the HopGuard as the referral
+    // service calls it.
     for _ in 0..2 {
-        let q = b.clone();
-        let (ag, fl) = (ba.agreement.clone(), ba.flow.clone());
-        tokio::task::spawn(async move {
-            crossflow_referrals::HopGuard::admit_hop(q.as_ref(), &ag, &fl)
-        })
-        .await
-        .unwrap()
-        .unwrap();
+        crossflow_referrals::HopGuard::admit_hop(b.as_ref(), ba.agreement, ba.flow)
+            .await
+            .unwrap();
     }
     hop(&a, ab).await.unwrap();
     hop(&b, ab).await.unwrap();
@@ -363,8 +358,6 @@ async fn an_unreachable_redis_falls_back_or_denies_as_configured() {
     for r in [
         deny.admit_async("alpha", QuotaClass::Referrals).await,
         deny.admit_hop_async(ab.agreement, ab.flow).await,
-        // The synchronous entry points say the same.
-        deny.admit("alpha", QuotaClass::Referrals),
     ] {
         let p = r.unwrap_err();
         assert_eq!(

@@ -27,13 +27,18 @@ pub use crossflow_api::clock::{Clock, SystemClock};
 /// quota engine; a hop it refuses is not minted.
 pub trait HopGuard: Send + Sync + 'static {
     /// Admits (and counts) one hop `flow.from -> flow.to`, or says which
-    /// quota refused it.
-    fn admit_hop(
-        &self,
-        agreement: &crossflow_settings::raw::Agreement,
-        flow: &crossflow_settings::raw::Flow,
-    ) -> Result<(), Problem>;
+    /// quota refused it. A future: with quotas shared through Redis the
+    /// answer is a round trip away.
+    fn admit_hop<'a>(
+        &'a self,
+        agreement: &'a crossflow_settings::raw::Agreement,
+        flow: &'a crossflow_settings::raw::Flow,
+    ) -> HopAdmission<'a>;
 }
+
+/// What [`HopGuard::admit_hop`] returns.
+pub type HopAdmission<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Problem>> + Send + 'a>>;
 
 /// Why a referral operation was refused.
 #[derive(Debug, thiserror::Error)]
@@ -277,6 +282,7 @@ impl<S: LandingStore + OptOutLookup> Referrals<S> {
         }
         if let Some(g) = &self.guard {
             g.admit_hop(flow.agreement, flow.flow)
+                .await
                 .map_err(ReferralError::Quota)?;
         }
         let referral_id = if req.request_id.is_empty() {
