@@ -911,5 +911,30 @@ pub fn file_contains(file: &Path, needle: &[u8]) -> bool {
     !needle.is_empty() && bytes.windows(needle.len()).any(|w| w == needle)
 }
 
+/// Asks for the consistency proof from tree `old` to tree `new` (size,
+/// root) and checks it with the verifier partners use; the proof
+/// response, for further checks.
+pub async fn assert_consistent(
+    ledger: &mut crossflow_proto::v1::ledger_service_client::LedgerServiceClient<Channel>,
+    old: (u64, &[u8]),
+    new: (u64, &[u8]),
+) -> crossflow_proto::v1::GetConsistencyProofResponse {
+    let proof = ledger
+        .get_consistency_proof(crossflow_proto::v1::GetConsistencyProofRequest {
+            from_size: old.0,
+            to_size: new.0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let hashes: Vec<crossflow_ledger::merkle::Hash> = proof
+        .proof
+        .iter()
+        .map(|h| h.as_slice().try_into().unwrap())
+        .collect();
+    crossflow_ledger::merkle::verify_consistency(old.0, new.0, &hashes, old.1, new.1).unwrap();
+    proof
+}
+
 /// Re-exported for tests that lay out their own federation.
 pub use testbed::gateway_section;

@@ -359,20 +359,9 @@ async fn restart_keeps_entries_checkpoints_and_proofs() {
     assert!(new.size > old.size);
 
     // The new tree extends the one signed before the restart.
-    let proof = beta
-        .get_consistency_proof(GetConsistencyProofRequest {
-            from_size: old.size,
-            to_size: new.size,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let hashes: Vec<merkle::Hash> = proof
-        .proof
-        .iter()
-        .map(|h| h.as_slice().try_into().unwrap())
-        .collect();
-    merkle::verify_consistency(old.size, new.size, &hashes, &old.root, &new.root).unwrap();
+    let proof =
+        crossflow_tests::assert_consistent(&mut beta, (old.size, &old.root), (new.size, &new.root))
+            .await;
     assert_eq!(proof.to_checkpoint.unwrap().size, new.size);
 
     // fsck (read-only, beside the running gateway) agrees.

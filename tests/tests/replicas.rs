@@ -10,12 +10,11 @@
 
 use std::time::{Duration, Instant};
 
-use crossflow_ledger::{Verifier, merkle, note::Checkpoint, receipt::verify_receipt};
+use crossflow_ledger::{Verifier, note::Checkpoint, receipt::verify_receipt};
 use crossflow_proto::v1::{
-    GetCheckpointRequest, GetConsistencyProofRequest, GetLogKeyRequest, GetReceiptRequest,
-    ReportConversionRequest, conversion_service_client::ConversionServiceClient,
-    get_receipt_request, ledger_service_client::LedgerServiceClient,
-    referral_service_client::ReferralServiceClient,
+    GetCheckpointRequest, GetLogKeyRequest, GetReceiptRequest, ReportConversionRequest,
+    conversion_service_client::ConversionServiceClient, get_receipt_request,
+    ledger_service_client::LedgerServiceClient, referral_service_client::ReferralServiceClient,
 };
 use crossflow_tests::{
     ALPHA, BETA, DEFAULT_PARTNERS, FEDERATION, ServeProcess, assert_refused, create_req,
@@ -224,21 +223,12 @@ async fn a_killed_leader_is_replaced_within_five_seconds() {
     );
 
     // The new leader's checkpoint extends the old one's.
-    let proof = ledger
-        .get_consistency_proof(GetConsistencyProofRequest {
-            from_size: before.size,
-            to_size: after.size,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let hashes: Vec<merkle::Hash> = proof
-        .proof
-        .iter()
-        .map(|h| h.as_slice().try_into().unwrap())
-        .collect();
-    merkle::verify_consistency(before.size, after.size, &hashes, &before.root, &after.root)
-        .unwrap();
+    crossflow_tests::assert_consistent(
+        &mut ledger,
+        (before.size, &before.root),
+        (after.size, &after.root),
+    )
+    .await;
 }
 
 /// Polls GetCheckpoint until it covers `size` entries, for at most `within`.

@@ -173,6 +173,67 @@ where
     }
 }
 
+/// The queue of a writer thread (SQLite's or PostgreSQL's): callers submit
+/// write jobs on connection type `C`, the writer takes them in batches.
+pub(crate) struct Queue<C: ?Sized>(Mutex<Option<mpsc::Sender<Box<dyn WriteJob<C>>>>>);
+
+/// The writer's end of a [`Queue`].
+pub(crate) type Jobs<C> = mpsc::Receiver<Box<dyn WriteJob<C>>>;
+
+impl<C: ?Sized + 'static> Queue<C> {
+    pub(crate) fn new() -> (Queue<C>, Jobs<C>) {
+        let (tx, rx) = mpsc::channel();
+        (Queue(Mutex::new(Some(tx))), rx)
+    }
+
+    /// Queues `f` and waits for its answer.
+    pub(crate) async fn submit<R, F>(&self, durability: Durability, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: Fn(&C) -> Result<R, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Box<dyn WriteJob<C>> = Box::new(Write::new(f, tx, durability));
+        {
+            let jobs = self.0.lock().map_err(|_| StoreError::Closed)?;
+            jobs.as_ref()
+                .ok_or(StoreError::Closed)?
+                .send(job)
+                .map_err(|_| StoreError::Closed)?;
+        }
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Takes no more jobs; the writer ends once it has answered the queued.
+    pub(crate) fn close(&self) {
+        if let Ok(mut jobs) = self.0.lock() {
+            jobs.take();
+        }
+    }
+}
+
+impl<C: ?Sized> std::fmt::Debug for Queue<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue").finish_non_exhaustive()
+    }
+}
+
+/// Waits for the next job, then takes whatever else is queued, up to `max`
+/// in all, into `batch`; false once the queue is closed and empty.
+pub(crate) fn next_batch<J>(rx: &mpsc::Receiver<J>, batch: &mut Vec<J>, max: usize) -> bool {
+    let Ok(first) = rx.recv() else {
+        return false;
+    };
+    batch.push(first);
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(j) => batch.push(j),
+            Err(_) => break,
+        }
+    }
+    true
+}
+
 /// When [`Db::write_as`] answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
@@ -229,7 +290,7 @@ pub struct Db {
 #[derive(Debug)]
 struct Inner {
     path: PathBuf,
-    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    jobs: Queue<Connection>,
     readers: Mutex<Vec<Connection>>,
     stats: Arc<Mutex<WriterStats>>,
     writer: Mutex<Option<thread::JoinHandle<()>>>,
@@ -311,7 +372,7 @@ impl Db {
             state: checkpoint_state.clone(),
         };
 
-        let (tx, rx) = mpsc::channel::<Job>();
+        let (jobs, rx) = Queue::new();
         let (sync_tx, sync_rx) = mpsc::channel::<Committed>();
         let syncer_stats = stats.clone();
         let sync_path = path.clone();
@@ -331,7 +392,7 @@ impl Db {
         Ok(Db {
             inner: Arc::new(Inner {
                 path,
-                jobs: Mutex::new(Some(tx)),
+                jobs,
                 readers: Mutex::new(Vec::new()),
                 stats,
                 writer: Mutex::new(Some(writer)),
@@ -388,16 +449,7 @@ impl Db {
         R: Send + 'static,
         F: Fn(&Connection) -> Result<R, StoreError> + Send + 'static,
     {
-        let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(Write::new(f, tx, durability));
-        {
-            let jobs = self.inner.jobs.lock().map_err(|_| StoreError::Closed)?;
-            jobs.as_ref()
-                .ok_or(StoreError::Closed)?
-                .send(job)
-                .map_err(|_| StoreError::Closed)?;
-        }
-        rx.await.map_err(|_| StoreError::Closed)?
+        self.inner.jobs.submit(durability, f).await
     }
 
     /// Runs `f` on a read-only connection off the async runtime. Reads see
@@ -439,9 +491,7 @@ impl Drop for Inner {
 
 impl Inner {
     fn stop(&self) {
-        if let Ok(mut jobs) = self.jobs.lock() {
-            jobs.take();
-        }
+        self.jobs.close();
         // The writer ends when its queue closes, which closes the syncer's
         // and the checkpointer's.
         for slot in [&self.writer, &self.syncer, &self.checkpointer] {
@@ -647,14 +697,7 @@ fn writer_loop(
     checkpoints: Checkpoints,
 ) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
-    while let Ok(first) = rx.recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(j) => batch.push(j),
-                Err(_) => break,
-            }
-        }
+    while next_batch(&rx, &mut batch, MAX_BATCH) {
         let writes = batch.len() as u64;
         let mut done = Vec::with_capacity(batch.len());
         let mut unsynced = Vec::new();

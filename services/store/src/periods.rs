@@ -113,34 +113,4 @@ fn row(r: &dyn Row) -> Result<PeriodClose, StoreError> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use rusqlite::Connection;
-
-    use super::*;
-
-    #[test]
-    fn insert_then_read_back_in_order() {
-        let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(MIGRATION.sql).unwrap();
-        assert_eq!(latest(&conn).unwrap(), None);
-        let close = |p: &str, prev: u64, size: u64| PeriodClose {
-            period: p.into(),
-            anchor_size: size,
-            previous_anchor_size: prev,
-            timezone: "Asia/Shanghai".into(),
-            closed_at_ms: 7,
-        };
-        insert(&conn, &close("2026-10", 0, 5)).unwrap();
-        insert(&conn, &close("2026-11", 5, 9)).unwrap();
-        assert!(insert(&conn, &close("2026-11", 5, 9)).is_err());
-        assert_eq!(latest(&conn).unwrap(), Some(close("2026-11", 5, 9)));
-        assert_eq!(
-            period(&conn, "2026-10").unwrap(),
-            Some(close("2026-10", 0, 5))
-        );
-        assert_eq!(period(&conn, "2026-12").unwrap(), None);
-        assert_eq!(all(&conn).unwrap().len(), 2);
-    }
-}
+// Tested on both backends in `pg_tests`.

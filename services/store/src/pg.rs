@@ -30,7 +30,7 @@ use std::{
     cell::RefCell,
     collections::HashMap,
     str::FromStr,
-    sync::{Arc, Mutex, mpsc},
+    sync::{Arc, Mutex},
     thread,
     time::{Duration, Instant},
 };
@@ -40,11 +40,10 @@ use postgres::{
     error::SqlState,
     types::{IsNull, ToSql, Type, to_sql_checked},
 };
-use tokio::sync::oneshot;
 
 use crate::{
     Durability, Migration, StoreError, WriterStats,
-    db::{Answer, Write, WriteJob},
+    db::{Answer, Jobs, Queue, WriteJob, next_batch},
     sql::{Conn, Dialect, Row, Value},
 };
 
@@ -120,7 +119,7 @@ struct Inner {
     config: postgres::Config,
     /// `host:port` of the server, for messages (never the password).
     host: String,
-    jobs: Mutex<Option<mpsc::Sender<PgJob>>>,
+    jobs: Queue<PgConn>,
     readers: Mutex<Vec<PgConn>>,
     /// One permit per read connection ([`MAX_READERS`]).
     reading: tokio::sync::Semaphore,
@@ -493,7 +492,7 @@ impl Postgres {
         conn.writer = true;
 
         let stats = Arc::new(Mutex::new(WriterStats::default()));
-        let (tx, rx) = mpsc::channel::<PgJob>();
+        let (jobs, rx) = Queue::new();
         let writer_config = config.clone();
         let writer_stats = stats.clone();
         let writer = thread::Builder::new()
@@ -507,7 +506,7 @@ impl Postgres {
             inner: Arc::new(Inner {
                 config,
                 host,
-                jobs: Mutex::new(Some(tx)),
+                jobs,
                 readers: Mutex::new(Vec::new()),
                 reading: tokio::sync::Semaphore::new(MAX_READERS),
                 stats,
@@ -534,16 +533,7 @@ impl Postgres {
         R: Send + 'static,
         F: Fn(&PgConn) -> Result<R, StoreError> + Send + 'static,
     {
-        let (tx, rx) = oneshot::channel();
-        let job: PgJob = Box::new(Write::new(f, tx, durability));
-        {
-            let jobs = self.inner.jobs.lock().map_err(|_| StoreError::Closed)?;
-            jobs.as_ref()
-                .ok_or(StoreError::Closed)?
-                .send(job)
-                .map_err(|_| StoreError::Closed)?;
-        }
-        rx.await.map_err(|_| StoreError::Closed)?
+        self.inner.jobs.submit(durability, f).await
     }
 
     /// Runs `f` on a pooled connection off the async runtime, outside any
@@ -582,9 +572,7 @@ impl Postgres {
     /// Stops the writer after everything queued so far is committed and
     /// answered.
     pub fn close(&self) {
-        if let Ok(mut jobs) = self.inner.jobs.lock() {
-            jobs.take();
-        }
+        self.inner.jobs.close();
         if let Ok(mut h) = self.inner.writer.lock()
             && let Some(handle) = h.take()
         {
@@ -619,9 +607,7 @@ impl Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if let Ok(mut jobs) = self.jobs.lock() {
-            jobs.take();
-        }
+        self.jobs.close();
         if let Ok(mut h) = self.writer.lock()
             && let Some(handle) = h.take()
         {
@@ -701,18 +687,11 @@ fn migrate(conn: &PgConn, migrations: &[Migration]) -> Result<(), StoreError> {
 fn writer_loop(
     mut conn: Option<PgConn>,
     config: &postgres::Config,
-    rx: &mpsc::Receiver<PgJob>,
+    rx: &Jobs<PgConn>,
     stats: &Mutex<WriterStats>,
 ) {
     let mut batch: Vec<PgJob> = Vec::with_capacity(MAX_BATCH);
-    while let Ok(first) = rx.recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(j) => batch.push(j),
-                Err(_) => break,
-            }
-        }
+    while next_batch(rx, &mut batch, MAX_BATCH) {
         let started = Instant::now();
         let writes = batch.len() as u64;
         if conn.as_ref().is_none_or(PgConn::is_closed) {

@@ -4,31 +4,12 @@
 use std::{collections::BTreeSet, sync::Arc};
 
 use crate::{
-    Database, Landing, LandingStore, Postgres, Redeemed, Sqlite, StoreError,
+    Database, LandingStore, Postgres, Redeemed, Sqlite, StoreError,
     leader::Candidate,
     ledger::{self, Integration, LedgerStore, StoredCheckpoint, sequence},
     pg_schema, testing,
+    tests::landing,
 };
-
-fn landing(id: u8, dest: u8) -> Landing {
-    Landing {
-        referral_id: [id; 16],
-        agreement_id: "ab".into(),
-        from: "a".into(),
-        to: "b".into(),
-        chain: vec!["a".into(), "x".into()],
-        hop: 2,
-        parent: Some([4; 16]),
-        target: "room-1".into(),
-        origin: "a".into(),
-        origin_uid: [7; 32],
-        dest_uid: [dest; 32],
-        issued_at_ms: 1,
-        expires_at_ms: 2,
-        redeemed_at_ms: 3,
-        tag_access: true,
-    }
-}
 
 /// A second replica on the same database as `name`'s.
 fn replica(name: &str) -> Postgres {
@@ -40,7 +21,11 @@ fn replica(name: &str) -> Postgres {
 }
 
 async fn redeem_once_then_existing(s: impl Database) {
-    let l = landing(1, 9);
+    let mut l = landing(1, 9);
+    // Every column round trips: a two-hop chain with its parent.
+    l.chain = vec!["a".into(), "x".into()];
+    l.hop = 2;
+    l.parent = Some([4; 16]);
     assert_eq!(s.redeem(l.clone()).await.unwrap(), Redeemed::New(l.clone()));
     assert_eq!(
         s.redeem(landing(1, 8)).await.unwrap(),

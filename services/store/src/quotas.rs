@@ -90,38 +90,4 @@ impl<D: Database> QuotaCounterStore for D {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-
-    use super::*;
-    use crate::Sqlite;
-
-    #[tokio::test]
-    async fn deltas_add_up_survive_reopen_and_old_days_go() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let s = Sqlite::open(dir.path()).unwrap();
-            s.add_counters("2026-01-01", vec![("a".into(), 5)], "2025-12-01")
-                .await
-                .unwrap();
-            s.add_counters(
-                "2026-01-02",
-                vec![("a".into(), 2), ("b".into(), 1)],
-                "2025-12-01",
-            )
-            .await
-            .unwrap();
-            s.add_counters("2026-01-02", vec![("a".into(), 3)], "2026-01-02")
-                .await
-                .unwrap();
-            s.db().close();
-        }
-        let s = Sqlite::open(dir.path()).unwrap();
-        assert_eq!(
-            s.day_counters("2026-01-02").await.unwrap(),
-            vec![("a".to_owned(), 5), ("b".to_owned(), 1)]
-        );
-        assert!(s.day_counters("2026-01-01").await.unwrap().is_empty());
-    }
-}
+// Tested on both backends in `pg_tests`.

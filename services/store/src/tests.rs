@@ -3,7 +3,7 @@ use rusqlite::Connection;
 use super::*;
 use crate::sql::{blob, opt_blob};
 
-fn landing(id: u8, dest: u8) -> Landing {
+pub(crate) fn landing(id: u8, dest: u8) -> Landing {
     Landing {
         referral_id: [id; 16],
         agreement_id: "ab".into(),
